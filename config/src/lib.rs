@@ -1,0 +1,197 @@
+//! Portcullis configuration: the YAML file model, its validation, and errors
+//! that name file, line, column and key for every problem at once.
+//!
+//! The stages are: YAML text → [`yaml::Node`] tree with positions →
+//! [`FileConfig`] (serde, unknown keys rejected) → [`ValidConfig`] (cross
+//! references and values checked). The gateway compiles a `ValidConfig` into
+//! its immutable runtime snapshot.
+
+mod error;
+pub mod model;
+pub mod units;
+mod validate;
+pub use validate::resolve_path;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigErrors, LoadError, Problem};
+pub use model::*;
+pub use units::{ByteSize, Duration};
+use yaml::{KeyPath, PathSegment, Span};
+
+/// A configuration that passed every check. Only [`load`] and
+/// [`load_from_str`] make one.
+#[derive(Clone, Debug)]
+pub struct ValidConfig {
+    pub config: FileConfig,
+    /// Where it came from, for messages and the config watcher.
+    pub source: PathBuf,
+    /// Positions of every key, so later stages (certificate loading,
+    /// compiling) can still point at the file.
+    pub spans: SpanIndex,
+}
+
+/// Key path → position in the file.
+#[derive(Clone, Debug, Default)]
+pub struct SpanIndex {
+    values: HashMap<KeyPath, Span>,
+    keys: HashMap<KeyPath, Span>,
+}
+
+impl SpanIndex {
+    /// The position of the value at `path`, or of its nearest ancestor.
+    pub fn find(&self, path: &KeyPath) -> Option<Span> {
+        let mut path = path.clone();
+        loop {
+            if let Some(span) = self.values.get(&path) {
+                return Some(*span);
+            }
+            path = path.parent()?;
+        }
+    }
+
+    /// The position of the key that names `path` (for unknown keys).
+    pub fn find_key(&self, path: &KeyPath) -> Option<Span> {
+        self.keys.get(path).copied().or_else(|| self.find(path))
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<ValidConfig, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_from_str(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Parses and validates config text; `source` only names it in messages and
+/// resolves relative file paths. `env` looks up `${VAR}` references.
+pub fn load_from_str(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<ValidConfig, LoadError> {
+    let file = source.display().to_string();
+    let mut errors = ConfigErrors::new(file.clone());
+
+    let mut root = yaml::parse(text).map_err(|e| {
+        let mut errors = ConfigErrors::new(file.clone());
+        errors.push(Some(e.span), KeyPath::default(), e.message);
+        LoadError::Invalid(errors)
+    })?;
+
+    let mut env_errors = Vec::new();
+    root.interpolate_env(env, &mut env_errors);
+    let mut spans = SpanIndex::default();
+    root.index_spans(&KeyPath::default(), &mut spans.values, &mut spans.keys);
+    for (span, message) in env_errors {
+        errors.push(Some(span), KeyPath::default(), message);
+    }
+
+    let (config, root, removed) = deserialize_collecting(root, &spans, &mut errors);
+    if let Some(config) = &config {
+        let mut checker = validate::Checker::new(&spans, &root, &mut errors, &removed, source);
+        checker.config(config);
+    }
+    match config {
+        Some(config) if errors.is_empty() => Ok(ValidConfig {
+            config,
+            source: source.to_owned(),
+            spans,
+        }),
+        _ => Err(LoadError::Invalid(errors)),
+    }
+}
+
+/// The most problems one file reports; past this, fix and run again.
+const MAX_PROBLEMS: usize = 100;
+
+/// Deserializes the tree; on each error, records it and drops the offending
+/// node, then tries again, so that one run reports every independent mistake.
+/// Returns the config deserialized without the broken parts (for the
+/// cross-reference checks), the tree it came from and the dropped paths.
+fn deserialize_collecting(
+    mut root: yaml::Node,
+    spans: &SpanIndex,
+    errors: &mut ConfigErrors,
+) -> (Option<FileConfig>, yaml::Node, Vec<KeyPath>) {
+    let mut removed: Vec<KeyPath> = Vec::new();
+    for _ in 0..MAX_PROBLEMS {
+        let json = root.to_json();
+        let error = match serde_path_to_error::deserialize::<_, FileConfig>(&json) {
+            Ok(config) => return (Some(config), root, removed),
+            Err(error) => error,
+        };
+        let current: Vec<PathSegment> = error
+            .path()
+            .iter()
+            .filter_map(|segment| match segment {
+                serde_path_to_error::Segment::Seq { index } => Some(PathSegment::Index(*index)),
+                serde_path_to_error::Segment::Map { key } => Some(PathSegment::Key(key.clone())),
+                serde_path_to_error::Segment::Enum { .. }
+                | serde_path_to_error::Segment::Unknown => None,
+            })
+            .collect();
+        let Some(mut at) = root.original_path(&current) else {
+            errors.push(None, KeyPath::default(), error.inner().to_string());
+            return (None, root, removed);
+        };
+        let message = error.inner().to_string();
+        let message = strip_serde_position(&message);
+
+        if let Some(field) = quoted_after(message, "unknown field `") {
+            // serde reports an unknown key at its parent; point at the key.
+            if !matches!(at.0.last(), Some(PathSegment::Key(k)) if k == field) {
+                at = at.child_key(field);
+            }
+            let expected = message.split_once(", expected ").map(|(_, e)| e);
+            let text = match expected {
+                Some(expected) => format!("unknown key `{field}` (expected {expected})"),
+                None => format!("unknown key `{field}`"),
+            };
+            errors.push(spans.find_key(&at), at.clone(), text);
+        } else if let Some(field) = quoted_after(message, "missing field `") {
+            let child = at.child_key(field);
+            // A required key we dropped ourselves was already reported.
+            if !removed.iter().any(|r| child.starts_with(r)) {
+                errors.push(
+                    spans.find(&at),
+                    child,
+                    format!("missing required key `{field}`"),
+                );
+            }
+        } else {
+            errors.push(spans.find(&at), at.clone(), message.to_owned());
+        }
+
+        if at.0.is_empty() || !root.remove(&at) {
+            return (None, root, removed);
+        }
+        removed.push(at);
+    }
+    (None, root, removed)
+}
+
+/// serde_json appends " at line L column C" of the *JSON*; ours is better.
+fn strip_serde_position(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    }
+}
+
+fn quoted_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split('`').next()
+}
+
+/// The JSON Schema of the file, for editors (`portcullis schema`).
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(FileConfig)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,544 @@
+//! The file model: what a user writes in `portcullis.yaml`, with every default.
+//!
+//! Types here are deserialized with `deny_unknown_fields`; each field's doc
+//! says its default, and the JSON Schema (`portcullis schema`) is derived from
+//! the same types so editors see the same words.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::units::{ByteSize, Duration};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Addresses the gateway accepts traffic on. At least one.
+    pub listeners: Vec<Listener>,
+    /// The admin listener (metrics, health, reload). Defaults to 127.0.0.1:9901.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Process-wide settings. Every field has a default.
+    #[serde(default)]
+    pub server: Server,
+    /// Named pools of backend targets.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Routes, matched by host, path, method and headers (see README for the precedence).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// A name for logs and metrics. Required, unique.
+    pub name: String,
+    /// `IP:port` to bind, e.g. `0.0.0.0:8443`.
+    #[schemars(with = "String")]
+    pub address: SocketAddr,
+    /// Terminate TLS on this listener. Defaults to plain HTTP.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Answer every request on this (plain) listener with a 308 redirect to
+    /// `https://` on the given port. Defaults to off.
+    #[serde(default)]
+    pub redirect_https: Option<RedirectHttps>,
+    /// Send `Strict-Transport-Security` on responses. Defaults to off.
+    #[serde(default)]
+    pub hsts: Option<Hsts>,
+    /// Accept HTTP/2 without TLS (h2c, prior knowledge) on a plain listener,
+    /// for gRPC clients inside the cluster. Defaults to false.
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+/// TLS on a listener: rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates, chosen by SNI against each certificate's DNS names
+    /// (exact before wildcard). The first one is the default for clients
+    /// that send no or an unknown SNI name. At least one.
+    pub certificates: Vec<CertificateFiles>,
+    /// Require or request client certificates (mTLS). Defaults to off.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// A PEM certificate chain and its private key. Both files are watched and
+/// reloaded when they change.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// Path of the PEM certificate chain, leaf first.
+    pub cert: String,
+    /// Path of the PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+/// Client certificate authentication.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs that sign client certificates.
+    pub ca: String,
+    /// `required` rejects a handshake without a valid certificate; `optional`
+    /// accepts it but still verifies one that is sent. Defaults to `required`.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectHttps {
+    /// The HTTPS port to redirect to. Defaults to 443 (and then no port in the URL).
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+}
+
+const fn default_https_port() -> u16 {
+    443
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    /// `max-age`. Defaults to 365 days, the value HSTS preload lists ask for.
+    #[serde(default = "default_hsts_max_age")]
+    pub max_age: Duration,
+    /// Add `includeSubDomains`. Defaults to false.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Add `preload`. Defaults to false.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn default_hsts_max_age() -> Duration {
+    Duration::from_secs(365 * 24 * 3600)
+}
+
+/// The admin listener.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of `/metrics`, `/healthz`, `/readyz`, `/config` and `/reload`.
+    /// Defaults to 127.0.0.1:9901: loopback only, because `/reload` changes
+    /// the running gateway.
+    #[schemars(with = "String")]
+    #[serde(default = "default_admin_address")]
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: default_admin_address(),
+        }
+    }
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+/// Process-wide settings.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Worker threads for the proxy. Defaults to the number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// On SIGTERM, how long in-flight requests may take to finish before
+    /// the process exits. Defaults to 30s (Kubernetes' default
+    /// `terminationGracePeriodSeconds` is 30s too).
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Duration,
+    /// Clients whose `X-Forwarded-*` and `Forwarded` headers are trusted
+    /// (e.g. the cloud load balancer). Defaults to none: inbound values are
+    /// replaced.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Watch the config file and reload when it changes. Defaults to true.
+    #[serde(default = "default_true")]
+    pub watch_config: bool,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Write one JSON access-log line per request to stdout. Defaults to true.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            threads: None,
+            grace_period: default_grace_period(),
+            trusted_proxies: Vec::new(),
+            watch_config: true,
+            limits: Limits::default(),
+            access_log: true,
+        }
+    }
+}
+
+fn default_grace_period() -> Duration {
+    Duration::from_secs(30)
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+/// Limits on what a client may send.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request body; more is answered 413. Defaults to 10MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_size: ByteSize,
+    /// Largest total size of request headers (names and values); more is
+    /// answered 431. Defaults to 32KiB (nginx's large_client_header_buffers
+    /// allows 4×8KiB).
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: ByteSize,
+    /// Most request headers; more is answered 431. Defaults to 100.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: usize,
+    /// Time allowed between two reads while receiving a request, so a client
+    /// trickling bytes is cut off. Defaults to 10s.
+    #[serde(default = "default_client_read_timeout")]
+    pub client_read_timeout: Duration,
+    /// Idle time allowed between two requests on a keep-alive connection.
+    /// Defaults to 60s.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_size: default_max_body(),
+            max_header_size: default_max_header_size(),
+            max_header_count: default_max_header_count(),
+            client_read_timeout: default_client_read_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+        }
+    }
+}
+
+fn default_max_body() -> ByteSize {
+    ByteSize(10 * 1024 * 1024)
+}
+fn default_max_header_size() -> ByteSize {
+    ByteSize(32 * 1024)
+}
+const fn default_max_header_count() -> usize {
+    100
+}
+fn default_client_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A pool of backend targets.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `IP:port` or `dns-name:port`. DNS names are re-resolved every
+    /// `dns_refresh`, so a Kubernetes headless Service works. At least one.
+    pub targets: Vec<String>,
+    /// Defaults to `round_robin`.
+    #[serde(default)]
+    pub load_balancing: LoadBalancing,
+    /// What `consistent_hash` hashes on. Defaults to the client IP.
+    #[serde(default)]
+    pub hash_on: HashOn,
+    /// Protocol to the targets: `http1`, or `http2` (prior knowledge over
+    /// plain TCP, ALPN over TLS) for gRPC. Defaults to `http1`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// Connect to targets over TLS. Defaults to plain TCP.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// Active health check. Defaults to none (targets are healthy unless
+    /// passive checks eject them).
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection after consecutive failures. Defaults on (5 failures, 30s).
+    #[serde(default)]
+    pub passive_health: PassiveHealth,
+    /// Timeouts. Every field has a default.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Retries of idempotent requests. Defaults to 2 retries, budget 20%.
+    #[serde(default)]
+    pub retries: Retries,
+    /// How often DNS names are re-resolved. Defaults to 10s.
+    #[serde(default = "default_dns_refresh")]
+    pub dns_refresh: Duration,
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    /// The target with the fewest requests in flight (ties broken in turn).
+    LeastRequests,
+    /// Rendezvous hashing on `hash_on`: a key sticks to its target while
+    /// that target stays healthy.
+    ConsistentHash,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct HashOn {
+    /// Hash this request header's value.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Hash this cookie's value.
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// SNI and verified name. Defaults to the target's host name.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Extra CA bundle (PEM) to trust. Defaults to none.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Skip certificate verification. Defaults to false. Never in production.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path requested with GET. Required.
+    pub path: String,
+    /// Defaults to 5s.
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    /// Defaults to 2s.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    /// Consecutive successes to mark a target healthy. Defaults to 2.
+    #[serde(default = "default_two")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to mark a target unhealthy. Defaults to 2.
+    #[serde(default = "default_two")]
+    pub unhealthy_threshold: u32,
+    /// `Host` header sent. Defaults to the target address.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+const fn default_two() -> u32 {
+    2
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    /// Consecutive connect failures or 5xx answers that eject a target.
+    /// 0 turns passive ejection off. Defaults to 5.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// How long an ejected target stays out. Defaults to 30s.
+    #[serde(default = "default_ejection_time")]
+    pub ejection_time: Duration,
+}
+
+impl Default for PassiveHealth {
+    fn default() -> Self {
+        PassiveHealth {
+            max_failures: default_max_failures(),
+            ejection_time: default_ejection_time(),
+        }
+    }
+}
+
+const fn default_max_failures() -> u32 {
+    5
+}
+fn default_ejection_time() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect. Defaults to 2s.
+    #[serde(default = "default_connect_timeout")]
+    pub connect: Duration,
+    /// Between two reads from the target. Defaults to 60s.
+    #[serde(default = "default_read_timeout")]
+    pub read: Duration,
+    /// Between two writes to the target. Defaults to 60s.
+    #[serde(default = "default_read_timeout")]
+    pub write: Duration,
+    /// An idle pooled connection is closed after this. Defaults to 60s.
+    #[serde(default = "default_read_timeout")]
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect_timeout(),
+            read: default_read_timeout(),
+            write: default_read_timeout(),
+            idle: default_read_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    /// Retries after the first attempt, for idempotent requests, on connect
+    /// failure, 502 and 503. Defaults to 2.
+    #[serde(default = "default_two")]
+    pub attempts: u32,
+    /// Retries may add at most this share of the pool's requests, so
+    /// retries cannot multiply load on a failing pool. Defaults to 20 (%).
+    #[serde(default = "default_retry_budget")]
+    pub budget_percent: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            attempts: default_two(),
+            budget_percent: default_retry_budget(),
+        }
+    }
+}
+
+const fn default_retry_budget() -> u32 {
+    20
+}
+
+/// A route: what requests it matches and where they go.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// What the route matches. Defaults to every request.
+    #[serde(default, rename = "match")]
+    pub matcher: RouteMatch,
+    /// The upstream pool. Give either this or `split`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// A weighted split across pools (canary, migration). Give either this or `upstream`.
+    #[serde(default)]
+    pub split: Vec<WeightedUpstream>,
+    /// Remove the matched `path_prefix` before forwarding. Defaults to false.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the path before forwarding; `{name}` is filled from the path
+    /// template's parameters. Defaults to none.
+    #[serde(default)]
+    pub rewrite_path: Option<String>,
+    /// Headers set on or removed from the request to the upstream.
+    #[serde(default)]
+    pub request_headers: HeaderOps,
+    /// Headers set on or removed from the response to the client.
+    #[serde(default)]
+    pub response_headers: HeaderOps,
+    /// Whole-response timeout for this route: overrides the upstream's
+    /// read timeout. Defaults to the upstream's.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Host names, exact (`api.example.com`) or wildcard (`*.example.com`).
+    /// Defaults to any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Exact path (`/healthz`) or template (`/users/{id}`). Give at most one
+    /// of `path` and `path_prefix`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Path prefix on segment boundaries: `/orders` matches `/orders` and
+    /// `/orders/7`, not `/ordersx`. Defaults to `/` (everything).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Methods. Defaults to any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Headers that must be present with these exact values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedUpstream {
+    pub upstream: String,
+    /// Relative weight. Required, greater than zero in sum.
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Header name to value; replaces what is there.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}

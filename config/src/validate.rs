@@ -1,0 +1,390 @@
+//! Checks that serde cannot express: references between sections, unique
+//! names, well-formed hosts, paths, methods and headers, readable files.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use crate::error::ConfigErrors;
+use crate::model::*;
+use crate::yaml::{KeyPath, Node};
+use crate::SpanIndex;
+
+pub(crate) struct Checker<'a> {
+    spans: &'a SpanIndex,
+    /// The tree the config was deserialized from: maps list positions in the
+    /// config back to the file's when broken items were dropped.
+    tree: &'a Node,
+    errors: &'a mut ConfigErrors,
+    /// Paths dropped while deserializing: already reported, and checks below
+    /// them would only repeat the same mistake in other words.
+    removed: &'a [KeyPath],
+    source: &'a Path,
+}
+
+fn root() -> KeyPath {
+    KeyPath::default()
+}
+
+impl<'a> Checker<'a> {
+    pub(crate) fn new(
+        spans: &'a SpanIndex,
+        tree: &'a Node,
+        errors: &'a mut ConfigErrors,
+        removed: &'a [KeyPath],
+        source: &'a Path,
+    ) -> Self {
+        Checker {
+            spans,
+            tree,
+            errors,
+            removed,
+            source,
+        }
+    }
+
+    fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
+        let path = self.tree.original_path(&path.0).unwrap_or(path);
+        if self.removed.iter().any(|r| path.starts_with(r) || r.starts_with(&path)) {
+            return;
+        }
+        let span = self.spans.find(&path);
+        self.errors.push(span, path, message);
+    }
+
+    pub(crate) fn config(&mut self, config: &FileConfig) {
+        let listeners = root().child_key("listeners");
+        if config.listeners.is_empty() {
+            self.problem(listeners.clone(), "at least one listener is required");
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, listener) in config.listeners.iter().enumerate() {
+            let at = listeners.child_index(i);
+            if !names.insert(listener.name.as_str()) {
+                self.problem(
+                    at.child_key("name"),
+                    format!("duplicate listener name `{}`", listener.name),
+                );
+            }
+            if !addresses.insert(listener.address) || listener.address == config.admin.address {
+                self.problem(
+                    at.child_key("address"),
+                    format!("address {} is used twice", listener.address),
+                );
+            }
+            self.listener(&at, listener);
+        }
+
+        for (name, upstream) in &config.upstreams {
+            self.upstream(&root().child_key("upstreams").child_key(name), upstream);
+        }
+
+        let mut route_names = HashSet::new();
+        let routes = root().child_key("routes");
+        for (i, route) in config.routes.iter().enumerate() {
+            let at = routes.child_index(i);
+            if !route_names.insert(route.name.as_str()) {
+                self.problem(
+                    at.child_key("name"),
+                    format!("duplicate route name `{}`", route.name),
+                );
+            }
+            self.route(&at, route, config);
+        }
+    }
+
+    fn listener(&mut self, at: &KeyPath, listener: &Listener) {
+        if listener.tls.is_some() && listener.redirect_https.is_some() {
+            self.problem(
+                at.child_key("redirect_https"),
+                "a TLS listener cannot redirect to HTTPS; put `redirect_https` on a plain listener",
+            );
+        }
+        if listener.tls.is_some() && listener.h2c {
+            self.problem(
+                at.child_key("h2c"),
+                "`h2c` is for plain listeners; TLS listeners offer h2 through ALPN",
+            );
+        }
+        let Some(tls) = &listener.tls else { return };
+        let tls_at = at.child_key("tls");
+        if tls.certificates.is_empty() {
+            self.problem(
+                tls_at.child_key("certificates"),
+                "at least one certificate is required",
+            );
+        }
+        for (i, files) in tls.certificates.iter().enumerate() {
+            let cert_at = tls_at.child_key("certificates").child_index(i);
+            self.readable(cert_at.child_key("cert"), &files.cert);
+            self.readable(cert_at.child_key("key"), &files.key);
+        }
+        if let Some(client_auth) = &tls.client_auth {
+            self.readable(tls_at.child_key("client_auth").child_key("ca"), &client_auth.ca);
+        }
+    }
+
+    fn readable(&mut self, at: KeyPath, file: &str) {
+        let path = resolve_path(self.source, file);
+        if let Err(e) = std::fs::metadata(&path) {
+            self.problem(at, format!("cannot read `{}`: {e}", path.display()));
+        }
+    }
+
+    fn upstream(&mut self, at: &KeyPath, upstream: &Upstream) {
+        if upstream.targets.is_empty() {
+            self.problem(at.child_key("targets"), "at least one target is required");
+        }
+        for (i, target) in upstream.targets.iter().enumerate() {
+            if let Err(message) = check_target(target) {
+                self.problem(at.child_key("targets").child_index(i), message);
+            }
+        }
+        if upstream.hash_on.header.is_some() && upstream.hash_on.cookie.is_some() {
+            self.problem(at.child_key("hash_on"), "give `header` or `cookie`, not both");
+        }
+        if let Some(header) = &upstream.hash_on.header {
+            self.header_name(at.child_key("hash_on").child_key("header"), header);
+        }
+        if let Some(check) = &upstream.health_check {
+            let check_at = at.child_key("health_check");
+            if !check.path.starts_with('/') {
+                self.problem(check_at.child_key("path"), "must start with `/`");
+            }
+            if check.healthy_threshold == 0 {
+                self.problem(check_at.child_key("healthy_threshold"), "must be at least 1");
+            }
+            if check.unhealthy_threshold == 0 {
+                self.problem(check_at.child_key("unhealthy_threshold"), "must be at least 1");
+            }
+            if check.interval.0.is_zero() {
+                self.problem(check_at.child_key("interval"), "must be greater than zero");
+            }
+        }
+        if let Some(tls) = &upstream.tls {
+            if let Some(ca) = &tls.ca {
+                self.readable(at.child_key("tls").child_key("ca"), ca);
+            }
+        }
+        if upstream.retries.budget_percent > 100 {
+            self.problem(
+                at.child_key("retries").child_key("budget_percent"),
+                "must be between 0 and 100",
+            );
+        }
+    }
+
+    fn route(&mut self, at: &KeyPath, route: &Route, config: &FileConfig) {
+        match (&route.upstream, route.split.is_empty()) {
+            (Some(_), false) => {
+                self.problem(at.child_key("split"), "give `upstream` or `split`, not both")
+            }
+            (None, true) => self.problem(
+                at.clone(),
+                "a route needs `upstream` (or a weighted `split`)",
+            ),
+            _ => {}
+        }
+        if let Some(name) = &route.upstream {
+            if !config.upstreams.contains_key(name) {
+                self.problem(at.child_key("upstream"), unknown_upstream(name, config));
+            }
+        }
+        for (i, weighted) in route.split.iter().enumerate() {
+            if !config.upstreams.contains_key(&weighted.upstream) {
+                self.problem(
+                    at.child_key("split").child_index(i).child_key("upstream"),
+                    unknown_upstream(&weighted.upstream, config),
+                );
+            }
+        }
+        if !route.split.is_empty() && route.split.iter().all(|w| w.weight == 0) {
+            self.problem(at.child_key("split"), "the weights must not all be zero");
+        }
+
+        let matcher_at = at.child_key("match");
+        let m = &route.matcher;
+        for (i, host) in m.hosts.iter().enumerate() {
+            if let Err(message) = check_host(host) {
+                self.problem(matcher_at.child_key("hosts").child_index(i), message);
+            }
+        }
+        if m.path.is_some() && m.path_prefix.is_some() {
+            self.problem(
+                matcher_at.child_key("path_prefix"),
+                "give `path` or `path_prefix`, not both",
+            );
+        }
+        let mut params = Vec::new();
+        if let Some(path) = &m.path {
+            match check_path_template(path) {
+                Ok(names) => params = names,
+                Err(message) => self.problem(matcher_at.child_key("path"), message),
+            }
+        }
+        if let Some(prefix) = &m.path_prefix {
+            if !prefix.starts_with('/') || prefix.contains(['{', '}', '*']) {
+                self.problem(
+                    matcher_at.child_key("path_prefix"),
+                    "must start with `/` and contain no `{`, `}` or `*`",
+                );
+            }
+        }
+        for (i, method) in m.methods.iter().enumerate() {
+            let valid = !method.is_empty()
+                && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            if !valid {
+                self.problem(
+                    matcher_at.child_key("methods").child_index(i),
+                    format!("`{method}` is not a method; write it in capitals, e.g. `GET`"),
+                );
+            }
+        }
+        for (name, value) in &m.headers {
+            self.header_name(matcher_at.child_key("headers").child_key(name), name);
+            self.header_value(matcher_at.child_key("headers").child_key(name), value);
+        }
+        if route.strip_prefix && m.path_prefix.is_none() {
+            self.problem(at.child_key("strip_prefix"), "needs `match.path_prefix`");
+        }
+        if route.strip_prefix && route.rewrite_path.is_some() {
+            self.problem(
+                at.child_key("rewrite_path"),
+                "give `strip_prefix` or `rewrite_path`, not both",
+            );
+        }
+        if let Some(rewrite) = &route.rewrite_path {
+            match check_path_template(rewrite) {
+                Ok(used) => {
+                    for name in used.iter().filter(|n| !params.contains(n)) {
+                        self.problem(
+                            at.child_key("rewrite_path"),
+                            format!("`{{{name}}}` is not a parameter of `match.path`"),
+                        );
+                    }
+                }
+                Err(message) => self.problem(at.child_key("rewrite_path"), message),
+            }
+        }
+        for (key, ops) in [
+            ("request_headers", &route.request_headers),
+            ("response_headers", &route.response_headers),
+        ] {
+            let ops_at = at.child_key(key);
+            for (name, value) in &ops.set {
+                self.header_name(ops_at.child_key("set").child_key(name), name);
+                self.header_value(ops_at.child_key("set").child_key(name), value);
+            }
+            for (i, name) in ops.remove.iter().enumerate() {
+                self.header_name(ops_at.child_key("remove").child_index(i), name);
+            }
+        }
+    }
+
+    fn header_name(&mut self, at: KeyPath, name: &str) {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.problem(at, format!("`{name}` is not a valid header name"));
+        }
+    }
+
+    fn header_value(&mut self, at: KeyPath, value: &str) {
+        if http::HeaderValue::from_str(value).is_err() {
+            self.problem(at, "not a valid header value (control characters?)");
+        }
+    }
+}
+
+fn unknown_upstream(name: &str, config: &FileConfig) -> String {
+    let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+    if known.is_empty() {
+        format!("unknown upstream `{name}`: no upstreams are defined")
+    } else {
+        format!(
+            "unknown upstream `{name}` (defined: {})",
+            known.join(", ")
+        )
+    }
+}
+
+/// `host:port`, where host is an IP, a bracketed IPv6 address or a DNS name.
+pub fn check_target(target: &str) -> Result<(), String> {
+    if target.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{target}` needs a port: `host:port`"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("`{port}` is not a port number"))?;
+    check_dns_name(host).map_err(|m| format!("`{target}`: {m}"))
+}
+
+fn check_dns_name(host: &str) -> Result<(), String> {
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a valid host name"))
+    }
+}
+
+/// An exact host name or `*.domain`.
+fn check_host(host: &str) -> Result<(), String> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.contains('*') {
+        return Err(format!(
+            "`{host}`: a wildcard is only allowed as the first label, e.g. `*.example.com`"
+        ));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("`{host}`: write host names in lower case"));
+    }
+    check_dns_name(name)
+}
+
+/// A path that may hold `{name}` parameters as whole segments; returns the
+/// parameter names.
+pub fn check_path_template(path: &str) -> Result<Vec<String>, String> {
+    if !path.starts_with('/') {
+        return Err(format!("`{path}` must start with `/`"));
+    }
+    let mut names = Vec::new();
+    for segment in path.split('/').skip(1) {
+        if let Some(inner) = segment.strip_prefix('{') {
+            let name = inner
+                .strip_suffix('}')
+                .ok_or_else(|| format!("`{segment}`: a parameter must fill a whole segment"))?;
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid || names.iter().any(|n| n == name) {
+                return Err(format!("`{{{name}}}` is not a valid or unique parameter name"));
+            }
+            names.push(name.to_owned());
+        } else if segment.contains(['{', '}', '*']) {
+            return Err(format!(
+                "`{segment}`: `{{`, `}}` and `*` are only allowed as a whole `{{param}}` segment"
+            ));
+        }
+    }
+    Ok(names)
+}
+
+/// A file named in the config, relative to the config file's folder.
+pub fn resolve_path(source: &Path, file: &str) -> std::path::PathBuf {
+    let path = Path::new(file);
+    if path.is_absolute() {
+        return path.to_owned();
+    }
+    source
+        .parent()
+        .map(|dir| dir.join(path))
+        .unwrap_or_else(|| path.to_owned())
+}
