@@ -10,7 +10,7 @@ mod error;
 pub mod model;
 pub mod units;
 mod validate;
-pub use validate::resolve_path;
+pub use validate::{check_path_template, resolve_path};
 pub mod yaml;
 
 use std::collections::HashMap;

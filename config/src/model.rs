@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Duration};
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Addresses the gateway accepts traffic on. At least one.
@@ -34,7 +34,7 @@ pub struct FileConfig {
 }
 
 /// One listening socket.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     /// A name for logs and metrics. Required, unique.
@@ -59,7 +59,7 @@ pub struct Listener {
 }
 
 /// TLS on a listener: rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Certificates, chosen by SNI against each certificate's DNS names
@@ -73,7 +73,7 @@ pub struct ListenerTls {
 
 /// A PEM certificate chain and its private key. Both files are watched and
 /// reloaded when they change.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     /// Path of the PEM certificate chain, leaf first.
@@ -83,7 +83,7 @@ pub struct CertificateFiles {
 }
 
 /// Client certificate authentication.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientAuth {
     /// PEM bundle of the CAs that sign client certificates.
@@ -94,7 +94,7 @@ pub struct ClientAuth {
     pub mode: ClientAuthMode,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuthMode {
     #[default]
@@ -102,7 +102,7 @@ pub enum ClientAuthMode {
     Optional,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectHttps {
     /// The HTTPS port to redirect to. Defaults to 443 (and then no port in the URL).
@@ -114,7 +114,7 @@ const fn default_https_port() -> u16 {
     443
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hsts {
     /// `max-age`. Defaults to 365 days, the value HSTS preload lists ask for.
@@ -133,7 +133,7 @@ fn default_hsts_max_age() -> Duration {
 }
 
 /// The admin listener.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Address of `/metrics`, `/healthz`, `/readyz`, `/config` and `/reload`.
@@ -157,7 +157,7 @@ fn default_admin_address() -> SocketAddr {
 }
 
 /// Process-wide settings.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     /// Worker threads for the proxy. Defaults to the number of CPUs.
@@ -207,7 +207,7 @@ const fn default_true() -> bool {
 }
 
 /// Limits on what a client may send.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest request body; more is answered 413. Defaults to 10MiB.
@@ -221,10 +221,15 @@ pub struct Limits {
     /// Most request headers; more is answered 431. Defaults to 100.
     #[serde(default = "default_max_header_count")]
     pub max_header_count: usize,
-    /// Time allowed between two reads while receiving a request, so a client
-    /// trickling bytes is cut off. Defaults to 10s.
-    #[serde(default = "default_client_read_timeout")]
-    pub client_read_timeout: Duration,
+    /// Time allowed to receive the whole request line and headers, counted
+    /// from the connection's start (or the next request's first byte on a
+    /// keep-alive connection), so a client trickling bytes is cut off.
+    /// Defaults to 10s.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// Time allowed between two reads of a request body. Defaults to 30s.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: Duration,
     /// Idle time allowed between two requests on a keep-alive connection.
     /// Defaults to 60s.
     #[serde(default = "default_keepalive_timeout")]
@@ -237,7 +242,8 @@ impl Default for Limits {
             max_body_size: default_max_body(),
             max_header_size: default_max_header_size(),
             max_header_count: default_max_header_count(),
-            client_read_timeout: default_client_read_timeout(),
+            header_timeout: default_header_timeout(),
+            body_read_timeout: default_body_read_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
         }
     }
@@ -252,15 +258,18 @@ fn default_max_header_size() -> ByteSize {
 const fn default_max_header_count() -> usize {
     100
 }
-fn default_client_read_timeout() -> Duration {
+fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
 /// A pool of backend targets.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// `IP:port` or `dns-name:port`. DNS names are re-resolved every
@@ -301,7 +310,7 @@ fn default_dns_refresh() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadBalancing {
     #[default]
@@ -313,7 +322,7 @@ pub enum LoadBalancing {
     ConsistentHash,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub struct HashOn {
     /// Hash this request header's value.
@@ -324,7 +333,7 @@ pub struct HashOn {
     pub cookie: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     #[default]
@@ -332,7 +341,7 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// SNI and verified name. Defaults to the target's host name.
@@ -346,7 +355,7 @@ pub struct UpstreamTls {
     pub insecure_skip_verify: bool,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     /// Path requested with GET. Required.
@@ -378,7 +387,7 @@ const fn default_two() -> u32 {
     2
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealth {
     /// Consecutive connect failures or 5xx answers that eject a target.
@@ -406,7 +415,7 @@ fn default_ejection_time() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP (and TLS) connect. Defaults to 2s.
@@ -441,7 +450,7 @@ fn default_read_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Retries after the first attempt, for idempotent requests, on connect
@@ -468,7 +477,7 @@ const fn default_retry_budget() -> u32 {
 }
 
 /// A route: what requests it matches and where they go.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Unique name, used in logs and metrics.
@@ -501,7 +510,7 @@ pub struct Route {
     pub timeout: Option<Duration>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
     /// Host names, exact (`api.example.com`) or wildcard (`*.example.com`).
@@ -524,7 +533,7 @@ pub struct RouteMatch {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedUpstream {
     pub upstream: String,
@@ -532,7 +541,7 @@ pub struct WeightedUpstream {
     pub weight: u32,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderOps {
     /// Header name to value; replaces what is there.

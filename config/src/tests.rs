@@ -28,8 +28,14 @@ fn minimal_config_loads_with_defaults() {
     let config = &valid.config;
     assert_eq!(config.admin.address.to_string(), "127.0.0.1:9901");
     assert_eq!(config.server.grace_period.0.as_secs(), 30);
-    assert_eq!(config.upstreams["orders"].load_balancing, LoadBalancing::RoundRobin);
-    assert_eq!(config.routes[0].matcher.path_prefix.as_deref(), Some("/orders"));
+    assert_eq!(
+        config.upstreams["orders"].load_balancing,
+        LoadBalancing::RoundRobin
+    );
+    assert_eq!(
+        config.routes[0].matcher.path_prefix.as_deref(),
+        Some("/orders")
+    );
 }
 
 #[test]
@@ -51,7 +57,9 @@ routes:
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(
-        lines[0].starts_with("test.yaml:6:47: upstreams.orders.health_check.interval: invalid duration `fivesec`"),
+        lines[0].starts_with(
+            "test.yaml:6:47: upstreams.orders.health_check.interval: invalid duration `fivesec`"
+        ),
         "{out}"
     );
     assert!(
@@ -73,9 +81,18 @@ listeners:
   - { name: c, address: 127.0.0.1:2, colour: blue }
 ";
     let out = errors(text);
-    assert!(out.contains("test.yaml:2:25: listeners[0].address: invalid socket address"), "{out}");
-    assert!(out.contains("listeners[1].tls.certificates: at least one certificate"), "{out}");
-    assert!(out.contains("test.yaml:4:38: listeners[2].colour: unknown key `colour`"), "{out}");
+    assert!(
+        out.contains("test.yaml:2:25: listeners[0].address: invalid socket address"),
+        "{out}"
+    );
+    assert!(
+        out.contains("listeners[1].tls.certificates: at least one certificate"),
+        "{out}"
+    );
+    assert!(
+        out.contains("test.yaml:4:38: listeners[2].colour: unknown key `colour`"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -87,8 +104,14 @@ upstreams:
   a: { targets: [127.0.0.1:1], load_balancing: random }
 ";
     let out = errors(text);
-    assert!(out.contains("listeners[0].name: missing required key `name`"), "{out}");
-    assert!(out.contains("upstreams.a.load_balancing: unknown variant `random`"), "{out}");
+    assert!(
+        out.contains("listeners[0].name: missing required key `name`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("upstreams.a.load_balancing: unknown variant `random`"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -135,7 +158,10 @@ upstreams:
         (name == "ADDR").then(|| "127.0.0.1:8080".to_owned())
     });
     let out = valid.unwrap_err().to_string();
-    assert!(out.contains("t.yaml:4:18: environment variable `TARGET` is not set"), "{out}");
+    assert!(
+        out.contains("t.yaml:4:18: environment variable `TARGET` is not set"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -44,7 +44,11 @@ impl<'a> Checker<'a> {
 
     fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
         let path = self.tree.original_path(&path.0).unwrap_or(path);
-        if self.removed.iter().any(|r| path.starts_with(r) || r.starts_with(&path)) {
+        if self
+            .removed
+            .iter()
+            .any(|r| path.starts_with(r) || r.starts_with(&path))
+        {
             return;
         }
         let span = self.spans.find(&path);
@@ -120,7 +124,10 @@ impl<'a> Checker<'a> {
             self.readable(cert_at.child_key("key"), &files.key);
         }
         if let Some(client_auth) = &tls.client_auth {
-            self.readable(tls_at.child_key("client_auth").child_key("ca"), &client_auth.ca);
+            self.readable(
+                tls_at.child_key("client_auth").child_key("ca"),
+                &client_auth.ca,
+            );
         }
     }
 
@@ -141,7 +148,10 @@ impl<'a> Checker<'a> {
             }
         }
         if upstream.hash_on.header.is_some() && upstream.hash_on.cookie.is_some() {
-            self.problem(at.child_key("hash_on"), "give `header` or `cookie`, not both");
+            self.problem(
+                at.child_key("hash_on"),
+                "give `header` or `cookie`, not both",
+            );
         }
         if let Some(header) = &upstream.hash_on.header {
             self.header_name(at.child_key("hash_on").child_key("header"), header);
@@ -152,10 +162,16 @@ impl<'a> Checker<'a> {
                 self.problem(check_at.child_key("path"), "must start with `/`");
             }
             if check.healthy_threshold == 0 {
-                self.problem(check_at.child_key("healthy_threshold"), "must be at least 1");
+                self.problem(
+                    check_at.child_key("healthy_threshold"),
+                    "must be at least 1",
+                );
             }
             if check.unhealthy_threshold == 0 {
-                self.problem(check_at.child_key("unhealthy_threshold"), "must be at least 1");
+                self.problem(
+                    check_at.child_key("unhealthy_threshold"),
+                    "must be at least 1",
+                );
             }
             if check.interval.0.is_zero() {
                 self.problem(check_at.child_key("interval"), "must be greater than zero");
@@ -176,9 +192,10 @@ impl<'a> Checker<'a> {
 
     fn route(&mut self, at: &KeyPath, route: &Route, config: &FileConfig) {
         match (&route.upstream, route.split.is_empty()) {
-            (Some(_), false) => {
-                self.problem(at.child_key("split"), "give `upstream` or `split`, not both")
-            }
+            (Some(_), false) => self.problem(
+                at.child_key("split"),
+                "give `upstream` or `split`, not both",
+            ),
             (None, true) => self.problem(
                 at.clone(),
                 "a route needs `upstream` (or a weighted `split`)",
@@ -231,8 +248,8 @@ impl<'a> Checker<'a> {
             }
         }
         for (i, method) in m.methods.iter().enumerate() {
-            let valid = !method.is_empty()
-                && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
+            let valid =
+                !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-');
             if !valid {
                 self.problem(
                     matcher_at.child_key("methods").child_index(i),
@@ -299,10 +316,7 @@ fn unknown_upstream(name: &str, config: &FileConfig) -> String {
     if known.is_empty() {
         format!("unknown upstream `{name}`: no upstreams are defined")
     } else {
-        format!(
-            "unknown upstream `{name}` (defined: {})",
-            known.join(", ")
-        )
+        format!("unknown upstream `{name}` (defined: {})", known.join(", "))
     }
 }
 
@@ -362,10 +376,12 @@ pub fn check_path_template(path: &str) -> Result<Vec<String>, String> {
             let name = inner
                 .strip_suffix('}')
                 .ok_or_else(|| format!("`{segment}`: a parameter must fill a whole segment"))?;
-            let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid || names.iter().any(|n| n == name) {
-                return Err(format!("`{{{name}}}` is not a valid or unique parameter name"));
+                return Err(format!(
+                    "`{{{name}}}` is not a valid or unique parameter name"
+                ));
             }
             names.push(name.to_owned());
         } else if segment.contains(['{', '}', '*']) {

@@ -165,12 +165,12 @@ impl TreeBuilder {
             }
             Event::Scalar(value, style, anchor, _tag) => {
                 let quoted = !matches!(style, TScalarStyle::Plain);
-                let kind = if !quoted && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL")
-                {
-                    NodeKind::Null
-                } else {
-                    NodeKind::Scalar(value, quoted)
-                };
+                let kind =
+                    if !quoted && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL") {
+                        NodeKind::Null
+                    } else {
+                        NodeKind::Scalar(value, quoted)
+                    };
                 (Node { span, kind }, anchor)
             }
             Event::SequenceStart(anchor, _tag) => {
@@ -396,12 +396,12 @@ fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
             Some((name, default)) => (name, Some(default)),
             None => (reference, None),
         };
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let valid_name =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_name {
-            return Err(format!("`${{{reference}}}` is not a valid variable reference"));
+            return Err(format!(
+                "`${{{reference}}}` is not a valid variable reference"
+            ));
         }
         match (lookup(name), default) {
             (Some(value), _) => out.push_str(&value),
@@ -432,7 +432,11 @@ fn plain_scalar(text: &str) -> serde_json::Value {
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'));
     if looks_numeric {
-        if let Some(float) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+        if let Some(float) = text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+        {
             return Value::Number(float);
         }
     }

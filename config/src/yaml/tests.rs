@@ -6,7 +6,10 @@ fn positions_are_one_based_and_point_at_keys() {
     let mut spans = HashMap::new();
     let mut keys = HashMap::new();
     node.index_spans(&KeyPath::default(), &mut spans, &mut keys);
-    let b0y = KeyPath::default().child_key("b").child_index(0).child_key("y");
+    let b0y = KeyPath::default()
+        .child_key("b")
+        .child_index(0)
+        .child_key("y");
     assert_eq!(spans[&b0y], Span { line: 4, column: 8 });
     assert_eq!(
         keys[&KeyPath::default().child_key("b")],

@@ -1,0 +1,96 @@
+//! The gateway's error answers: one status and one JSON body per kind, with
+//! the request id, so a client (and the on-call engineer) can find the log line.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+/// Everything the gateway itself answers with an error status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("no healthy upstream target")]
+    NoHealthyTarget,
+    #[error("upstream connection failed")]
+    UpstreamConnect,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("upstream failed")]
+    UpstreamFailed,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("bad request")]
+    BadRequest,
+    #[error("client too slow")]
+    ClientTimeout,
+    #[error("internal error")]
+    Internal,
+}
+
+impl GatewayError {
+    pub fn status(self) -> u16 {
+        match self {
+            GatewayError::NoRoute => 404,
+            GatewayError::NoHealthyTarget => 503,
+            GatewayError::UpstreamConnect | GatewayError::UpstreamFailed => 502,
+            GatewayError::UpstreamTimeout => 504,
+            GatewayError::BodyTooLarge => 413,
+            GatewayError::HeadersTooLarge => 431,
+            GatewayError::BadRequest => 400,
+            GatewayError::ClientTimeout => 408,
+            GatewayError::Internal => 500,
+        }
+    }
+
+    /// The error for a status the gateway produces, for errors that reach
+    /// us as a bare pingora status.
+    pub fn from_status(status: u16) -> Self {
+        match status {
+            404 => GatewayError::NoRoute,
+            503 => GatewayError::NoHealthyTarget,
+            504 => GatewayError::UpstreamTimeout,
+            413 => GatewayError::BodyTooLarge,
+            431 => GatewayError::HeadersTooLarge,
+            408 => GatewayError::ClientTimeout,
+            400 => GatewayError::BadRequest,
+            502 => GatewayError::UpstreamFailed,
+            _ => GatewayError::Internal,
+        }
+    }
+
+    /// `{"error":"...","status":N,"request_id":"..."}`
+    pub fn body(self, request_id: &str) -> Bytes {
+        let body = serde_json::json!({
+            "error": self.to_string(),
+            "status": self.status(),
+            "request_id": request_id,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    pub fn response(self, request_id: &str) -> pingora::Result<(ResponseHeader, Bytes)> {
+        let body = self.body(request_id);
+        let mut header = ResponseHeader::build(self.status(), Some(4))?;
+        header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        header.insert_header(crate::headers::X_REQUEST_ID, request_id)?;
+        Ok((header, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_carries_request_id() {
+        let body = GatewayError::NoRoute.body("abc");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["request_id"], "abc");
+        assert_eq!(json["status"], 404);
+        assert_eq!(GatewayError::UpstreamTimeout.status(), 504);
+    }
+}

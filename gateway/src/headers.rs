@@ -1,0 +1,123 @@
+//! Header names the gateway sets, request ids, and forwarding headers.
+
+use std::net::IpAddr;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub const FORWARDED: &str = "forwarded";
+pub const STRICT_TRANSPORT_SECURITY: &str = "strict-transport-security";
+
+/// The longest inbound request id we keep; longer ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's `X-Request-Id` if it is short and printable, else a new one.
+pub fn request_id(inbound: Option<&HeaderValue>) -> String {
+    if let Some(value) = inbound {
+        let bytes = value.as_bytes();
+        let sane = !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if sane {
+            if let Ok(text) = value.to_str() {
+                return text.to_owned();
+            }
+        }
+    }
+    new_request_id()
+}
+
+/// 128 random bits as 32 hex digits.
+pub fn new_request_id() -> String {
+    let value: u128 = rand::random();
+    format!("{value:032x}")
+}
+
+/// Whether `X-Forwarded-*` from this peer may be kept.
+pub fn is_trusted(peer: Option<IpAddr>, trusted: &[IpNet]) -> bool {
+    match peer {
+        Some(ip) => trusted.iter().any(|net| net.contains(&ip)),
+        None => false,
+    }
+}
+
+/// The `host` part of a Host header or authority: lower case, no port.
+/// Returns the input unchanged (borrowed) when it already is.
+pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    let without_port = if raw.starts_with('[') {
+        // [v6]:port
+        raw.split_once(']')
+            .map_or(raw, |(h, _)| &raw[..h.len() + 1])
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
+        })
+    };
+    let without_dot = without_port.strip_suffix('.').unwrap_or(without_port);
+    if without_dot.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_dot.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_dot)
+    }
+}
+
+/// One `Forwarded` element (RFC 7239) for this hop.
+pub fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> String {
+    let for_part = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    match host {
+        Some(host) if host.bytes().all(|b| b.is_ascii_graphic() && b != b'"') => {
+            format!("for={for_part};proto={proto};host=\"{host}\"")
+        }
+        _ => format!("for={for_part};proto={proto}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        let kept = HeaderValue::from_static("abc-123");
+        assert_eq!(request_id(Some(&kept)), "abc-123");
+        let evil = HeaderValue::from_static("a b<script>");
+        let replaced = request_id(Some(&evil));
+        assert_eq!(replaced.len(), 32);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(normalise_host("API.Example.com:8443"), "api.example.com");
+        assert_eq!(normalise_host("example.com."), "example.com");
+        assert_eq!(normalise_host("[::1]:80"), "[::1]");
+        assert!(matches!(
+            normalise_host("a.b"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn trust() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(is_trusted(Some("10.1.2.3".parse().unwrap()), &nets));
+        assert!(!is_trusted(Some("11.1.2.3".parse().unwrap()), &nets));
+        assert_eq!(
+            forwarded_element("::1".parse().unwrap(), "https", Some("a.com")),
+            "for=\"[::1]\";proto=https;host=\"a.com\""
+        );
+    }
+}

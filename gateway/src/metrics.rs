@@ -1,0 +1,134 @@
+//! Prometheus metrics. Per-route series are created when a config is
+//! compiled, so the request path only bumps counters it already holds.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    durations: HistogramVec,
+    pub in_flight: IntGauge,
+    pub open_connections: IntGauge,
+    pub reloads: IntCounterVec,
+    pub target_healthy: IntGaugeVec,
+}
+
+/// Status classes by index: 1xx..5xx, and 0 for "no response".
+const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The series of one route, one per status class.
+pub struct RouteMetrics {
+    series: Vec<(IntCounter, Histogram)>,
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: u16, seconds: f64) {
+        let class = match status {
+            100..=599 => usize::from(status / 100),
+            _ => 0,
+        };
+        if let Some((count, duration)) = self.series.get(class) {
+            count.inc();
+            duration.observe(seconds);
+        }
+    }
+}
+
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests by route and status class",
+            ),
+            &["route", "status"],
+        )
+        .expect("static metric definition");
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_request_duration_seconds",
+                "Request duration by route and status class",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["route", "status"],
+        )
+        .expect("static metric definition");
+        let in_flight = IntGauge::new("portcullis_requests_in_flight", "Requests being served")
+            .expect("static metric definition");
+        let open_connections = IntGauge::new(
+            "portcullis_open_connections",
+            "Downstream connections open on the proxy listeners",
+        )
+        .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Config reloads by result",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let target_healthy = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_upstream_target_healthy",
+                "1 when the target passes its health checks and is not ejected",
+            ),
+            &["upstream", "target"],
+        )
+        .expect("static metric definition");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(durations.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(reloads.clone()),
+            Box::new(target_healthy.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Metrics {
+            registry,
+            requests,
+            durations,
+            in_flight,
+            open_connections,
+            reloads,
+            target_healthy,
+        }
+    }
+
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            series: CLASSES
+                .iter()
+                .map(|class| {
+                    (
+                        self.requests.with_label_values(&[route, class]),
+                        self.durations.with_label_values(&[route, class]),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

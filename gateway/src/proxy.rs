@@ -1,0 +1,535 @@
+//! The pingora `ProxyHttp` glue: calls routing, upstream selection, header
+//! rewriting and error rendering in order. It holds no logic of its own.
+//!
+//! Request flow (see LIFECYCLE.md):
+//! `request_filter`: request id, limits, HTTPS redirect, route lookup →
+//! `upstream_peer`: pool by weight, target by balancer →
+//! `upstream_request_filter`: path rewrite, header ops, forwarding headers →
+//! `response_filter`: header ops, HSTS, request id →
+//! `logging`: access log, metrics, passive health.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, Peer, ALPN};
+use pingora::{Error, ErrorSource, ErrorType};
+use portcullis_config as config;
+
+use crate::access_log::{self, AccessLine};
+use crate::errors::GatewayError;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::metrics;
+use crate::routing::RequestView;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::upstream::{HashKey, InFlight};
+
+/// The proxy of one listener; all listeners share the snapshot.
+pub struct Gateway {
+    pub snapshot: SharedSnapshot,
+    pub listener: usize,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    request_id: String,
+    started: Instant,
+    route: Option<usize>,
+    pool: Option<usize>,
+    upstream_path: Option<String>,
+    target: Option<InFlight>,
+    failed_target: Option<SocketAddr>,
+    attempts: u32,
+    upstream_started: Option<Instant>,
+    body_bytes: u64,
+    error: Option<GatewayError>,
+    is_tls: bool,
+}
+
+fn status_error(error: GatewayError) -> Box<Error> {
+    Error::new(ErrorType::HTTPStatus(error.status()))
+}
+
+impl Gateway {
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: GatewayError,
+    ) -> Result<bool> {
+        ctx.error = Some(error);
+        let (header, body) = error.response(&ctx.request_id)?;
+        session.set_keepalive(None);
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    /// Why pingora failed, as one of our errors.
+    fn classify(e: &Error) -> Option<GatewayError> {
+        use ErrorType::*;
+        Some(match e.etype() {
+            HTTPStatus(code) => GatewayError::from_status(*code),
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError
+            | TLSHandshakeFailure | TLSHandshakeTimedout | SocketError | BindError => {
+                GatewayError::UpstreamConnect
+            }
+            ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+                GatewayError::UpstreamTimeout
+            }
+            ReadTimedout if e.esource() == &ErrorSource::Downstream => GatewayError::ClientTimeout,
+            InvalidHTTPHeader | H1Error | H2Error | InvalidH2
+                if e.esource() == &ErrorSource::Downstream =>
+            {
+                GatewayError::BadRequest
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => GatewayError::UpstreamFailed,
+                // The client went away: nobody to answer.
+                ErrorSource::Downstream => return None,
+                ErrorSource::Internal | ErrorSource::Unset => GatewayError::Internal,
+            },
+        })
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn request_host(req: &RequestHeader) -> &str {
+    req.uri
+        .host()
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.snapshot.load_full(),
+            request_id: String::new(),
+            started: Instant::now(),
+            route: None,
+            pool: None,
+            upstream_path: None,
+            target: None,
+            failed_target: None,
+            attempts: 0,
+            upstream_started: None,
+            body_bytes: 0,
+            error: None,
+            is_tls: false,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        metrics().in_flight.inc();
+        let snapshot = ctx.snapshot.clone();
+        let req = session.req_header();
+        ctx.request_id = headers::request_id(req.headers.get(X_REQUEST_ID));
+        ctx.is_tls = snapshot.listeners.get(self.listener).is_some_and(|l| l.tls);
+
+        // Limits first: nothing else should look at an oversized request.
+        let limits = snapshot.limits;
+        session.set_read_timeout(Some(limits.body_read_timeout));
+        session.set_keepalive(Some(limits.keepalive_seconds));
+        let req = session.req_header();
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if req.headers.len() > limits.max_header_count || header_bytes > limits.max_header_size {
+            return self
+                .reject(session, ctx, GatewayError::HeadersTooLarge)
+                .await;
+        }
+        let content_length = req.headers.get(header::CONTENT_LENGTH);
+        // Both framing headers is a smuggling attempt (pingora#945).
+        if content_length.is_some() && req.headers.contains_key(header::TRANSFER_ENCODING) {
+            return self.reject(session, ctx, GatewayError::BadRequest).await;
+        }
+        if let Some(length) = content_length {
+            match length.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if n > limits.max_body_size => {
+                    return self.reject(session, ctx, GatewayError::BodyTooLarge).await
+                }
+                Some(_) => {}
+                None => return self.reject(session, ctx, GatewayError::BadRequest).await,
+            }
+        }
+
+        if let Some(port) = snapshot
+            .listeners
+            .get(self.listener)
+            .and_then(|l| l.redirect_https_port)
+        {
+            return redirect_to_https(session, ctx, port).await;
+        }
+
+        let req = session.req_header();
+        let host = headers::normalise_host(request_host(req));
+        let view = RequestView {
+            host: &host,
+            path: req.uri.path(),
+            method: &req.method,
+            headers: &req.headers,
+        };
+        let Some(matched) = snapshot.router.lookup(&view) else {
+            return self.reject(session, ctx, GatewayError::NoRoute).await;
+        };
+        let route = matched.route;
+        ctx.route = Some(matched.route_index);
+        ctx.upstream_path = route.upstream_path(&matched, req.uri.path());
+        let pool = route.pick_pool();
+        ctx.pool = Some(pool);
+        if let Some(pool) = snapshot.pools.get(pool) {
+            pool.count_request();
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > ctx.snapshot.limits.max_body_size {
+                ctx.error = Some(GatewayError::BodyTooLarge);
+                return Err(status_error(GatewayError::BodyTooLarge));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let snapshot = ctx.snapshot.clone();
+        let Some(pool) = ctx.pool.and_then(|i| snapshot.pools.get(i)) else {
+            ctx.error = Some(GatewayError::Internal);
+            return Err(status_error(GatewayError::Internal));
+        };
+        let key = match (&pool.spec.load_balancing, &pool.spec.hash_on) {
+            (config::LoadBalancing::ConsistentHash, hash_on) => hash_key(session, hash_on),
+            _ => HashKey::None,
+        };
+        // Release the previous attempt's in-flight count before choosing.
+        ctx.target = None;
+        let Some(target) = pool.select(key, ctx.failed_target) else {
+            ctx.error = Some(GatewayError::NoHealthyTarget);
+            return Err(status_error(GatewayError::NoHealthyTarget));
+        };
+        ctx.attempts += 1;
+        let addr = target.target().addr;
+        let sni = pool.tls_sni.as_deref().unwrap_or("").to_owned();
+        let mut peer = HttpPeer::new(addr, pool.spec.tls.is_some(), sni);
+        let timeouts = &pool.spec.timeouts;
+        let route_timeout = ctx
+            .route
+            .and_then(|i| snapshot.router.routes().get(i))
+            .and_then(|r| r.timeout);
+        peer.options.connection_timeout = Some(timeouts.connect.0);
+        peer.options.read_timeout = Some(route_timeout.unwrap_or(timeouts.read.0));
+        peer.options.write_timeout = Some(timeouts.write.0);
+        peer.options.idle_timeout = Some(timeouts.idle.0);
+        if pool.spec.protocol == config::UpstreamProtocol::Http2 {
+            peer.options.set_http_version(2, 2);
+            // pingora defaults to one stream per h2 connection.
+            peer.options.max_h2_streams = 100;
+            peer.options.alpn = ALPN::H2;
+        }
+        if let Some(tls) = &pool.spec.tls {
+            peer.options.verify_cert = !tls.insecure_skip_verify;
+            peer.options.verify_hostname = !tls.insecure_skip_verify;
+            if let Some(ca) = &pool.ca {
+                peer.options.ca = Some(ca.clone());
+            }
+        }
+        ctx.target = Some(target);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let snapshot = ctx.snapshot.clone();
+        if let Some(pool) = ctx.pool.and_then(|i| snapshot.pools.get(i)) {
+            if let Some(target) = &ctx.target {
+                pool.report(target.target(), false);
+            }
+            ctx.failed_target = peer.address().as_inet().copied();
+            let idempotent = session.req_header().method.is_idempotent();
+            let retry =
+                idempotent && ctx.attempts <= pool.spec.retries.attempts && pool.try_retry();
+            e.set_retry(retry);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(path) = &ctx.upstream_path {
+            let uri = match upstream.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            if let Ok(uri) = uri.parse::<http::Uri>() {
+                upstream.set_uri(uri);
+            }
+        }
+        if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.router.routes().get(i)) {
+            for name in &route.request_headers.remove {
+                upstream.remove_header(name);
+            }
+            for (name, value) in &route.request_headers.set {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+
+        let client = client_ip(session);
+        let trusted = headers::is_trusted(client, &ctx.snapshot.trusted_proxies);
+        let proto = if ctx.is_tls { "https" } else { "http" };
+        let host = request_host(session.req_header()).to_owned();
+        if let Some(ip) = client {
+            let ip_text = ip.to_string();
+            let xff = match upstream.headers.get(headers::X_FORWARDED_FOR) {
+                Some(existing) if trusted => {
+                    format!(
+                        "{}, {ip_text}",
+                        String::from_utf8_lossy(existing.as_bytes())
+                    )
+                }
+                _ => ip_text,
+            };
+            upstream.insert_header(headers::X_FORWARDED_FOR, xff)?;
+            let element = headers::forwarded_element(ip, proto, Some(&host));
+            let forwarded = match upstream.headers.get(headers::FORWARDED) {
+                Some(existing) if trusted => {
+                    format!(
+                        "{}, {element}",
+                        String::from_utf8_lossy(existing.as_bytes())
+                    )
+                }
+                _ => element,
+            };
+            upstream.insert_header(headers::FORWARDED, forwarded)?;
+        }
+        if !(trusted && upstream.headers.contains_key(headers::X_FORWARDED_PROTO)) {
+            upstream.insert_header(headers::X_FORWARDED_PROTO, proto)?;
+        }
+        let keep_host = trusted && upstream.headers.contains_key(headers::X_FORWARDED_HOST);
+        if !keep_host && !host.is_empty() {
+            upstream.insert_header(headers::X_FORWARDED_HOST, host)?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let failed = matches!(response.status.as_u16(), 502..=504);
+        if let (Some(pool), Some(target)) = (
+            ctx.pool.and_then(|i| ctx.snapshot.pools.get(i)),
+            ctx.target.as_ref(),
+        ) {
+            pool.report(target.target(), !failed);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.router.routes().get(i)) {
+            for name in &route.response_headers.remove {
+                response.remove_header(name);
+            }
+            for (name, value) in &route.response_headers.set {
+                response.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        if let Some(hsts) = ctx
+            .snapshot
+            .listeners
+            .get(self.listener)
+            .and_then(|l| l.hsts.as_ref())
+        {
+            response.insert_header(headers::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
+        response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        if ctx.request_id.is_empty() {
+            ctx.request_id = headers::new_request_id();
+        }
+        let error = ctx.error.or_else(|| Gateway::classify(e));
+        ctx.error = error;
+        let Some(error) = error else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if let (Some(pool), Some(target)) = (
+            ctx.pool.and_then(|i| ctx.snapshot.pools.get(i)),
+            ctx.target.as_ref(),
+        ) {
+            if e.esource() == &ErrorSource::Upstream {
+                pool.report(target.target(), false);
+            }
+        }
+        // The response may already be under way (an upstream failing mid-body):
+        // then there is nothing valid left to send.
+        if let (None, Ok((header, body))) =
+            (session.response_written(), error.response(&ctx.request_id))
+        {
+            let _ = session.write_response_header(Box::new(header), false).await;
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+        FailToProxy {
+            error_code: error.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        metrics().in_flight.dec();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let snapshot = &ctx.snapshot;
+        if let Some(route) = ctx.route.and_then(|i| snapshot.route_metrics.get(i)) {
+            route.observe(status, elapsed.as_secs_f64());
+        } else {
+            snapshot
+                .unrouted_metrics
+                .observe(status, elapsed.as_secs_f64());
+        }
+        if !snapshot.access_log {
+            return;
+        }
+        let req = session.req_header();
+        let route = ctx.route.and_then(|i| snapshot.router.routes().get(i));
+        let pool = ctx.pool.and_then(|i| snapshot.pools.get(i));
+        let line = AccessLine {
+            time: access_log::now(),
+            request_id: &ctx.request_id,
+            listener: snapshot
+                .listeners
+                .get(self.listener)
+                .map_or("", |l| &*l.name),
+            client: client_ip(session).map(|ip| ip.to_string()),
+            method: req.method.as_str(),
+            host: request_host(req),
+            path: req.uri.path(),
+            protocol: if session.is_http2() {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            route: route.map(|r| &*r.name),
+            upstream: pool.map(|p| &*p.name),
+            target: ctx.target.as_ref().map(|t| &*t.target().label),
+            status,
+            duration_ms: millis(elapsed),
+            upstream_ms: ctx.upstream_started.map(|s| millis(s.elapsed())),
+            bytes_received: session.body_bytes_read(),
+            bytes_sent: session.body_bytes_sent(),
+            attempts: ctx.attempts,
+            error: e.map(|e| e.etype().as_str().to_owned()),
+        };
+        access_log::write(&line);
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn hash_key<'s>(session: &'s Session, hash_on: &config::HashOn) -> HashKey<'s> {
+    let req = session.req_header();
+    if let Some(name) = &hash_on.header {
+        return req
+            .headers
+            .get(name.as_str())
+            .map_or(HashKey::None, |v| HashKey::Bytes(v.as_bytes()));
+    }
+    if let Some(cookie_name) = &hash_on.cookie {
+        for value in req.headers.get_all(header::COOKIE) {
+            let Ok(text) = value.to_str() else { continue };
+            for pair in text.split(';') {
+                if let Some((name, value)) = pair.trim().split_once('=') {
+                    if name == cookie_name {
+                        return HashKey::Bytes(value.as_bytes());
+                    }
+                }
+            }
+        }
+        return HashKey::None;
+    }
+    client_ip(session).map_or(HashKey::None, HashKey::Ip)
+}
+
+async fn redirect_to_https(session: &mut Session, ctx: &mut RequestCtx, port: u16) -> Result<bool> {
+    let req = session.req_header();
+    let host = headers::normalise_host(request_host(req));
+    let path_and_query = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path_and_query}")
+    } else {
+        format!("https://{host}:{port}{path_and_query}")
+    };
+    let mut header = ResponseHeader::build(308, Some(3))?;
+    header.insert_header(header::LOCATION, location)?;
+    header.insert_header(header::CONTENT_LENGTH, "0")?;
+    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    session
+        .write_response_header(Box::new(header), true)
+        .await?;
+    Ok(true)
+}

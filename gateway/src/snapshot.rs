@@ -1,0 +1,129 @@
+//! The compiled configuration: built once per config, immutable, swapped
+//! atomically on reload. A request loads it once and keeps it to the end.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use ipnet::IpNet;
+use portcullis_config::{self as config, ValidConfig};
+
+use crate::metrics::{metrics, RouteMetrics};
+use crate::routing::{RouteError, Router};
+use crate::upstream::{Pool, PoolRegistry};
+
+/// Per-listener behaviour that may change on reload.
+#[derive(Debug, Default)]
+pub struct ListenerPolicy {
+    pub name: Box<str>,
+    pub tls: bool,
+    pub hsts: Option<HeaderValue>,
+    pub redirect_https_port: Option<u16>,
+}
+
+/// Request limits, in the units the request path compares.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_size: u64,
+    pub max_header_size: usize,
+    pub max_header_count: usize,
+    pub body_read_timeout: std::time::Duration,
+    pub keepalive_seconds: u64,
+}
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub router: Router,
+    pub pools: Vec<Arc<Pool>>,
+    pub listeners: Vec<ListenerPolicy>,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<IpNet>,
+    pub access_log: bool,
+    /// Metric series per route (same index as the router's routes).
+    pub route_metrics: Vec<RouteMetrics>,
+    /// Series for requests answered before a route was found.
+    pub unrouted_metrics: RouteMetrics,
+    /// The config as loaded, for `GET /config`.
+    pub config: Arc<ValidConfig>,
+}
+
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+impl Snapshot {
+    /// Compiles a validated config. New pools (or changed ones) are returned
+    /// so the caller can start their health and DNS tasks.
+    pub fn compile(
+        valid: Arc<ValidConfig>,
+        registry: &PoolRegistry,
+        generation: u64,
+    ) -> Result<(Snapshot, Vec<Arc<Pool>>), CompileError> {
+        let config = &valid.config;
+        let mut pools = Vec::with_capacity(config.upstreams.len());
+        let mut new_pools = Vec::new();
+        let names: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
+        for (name, spec) in &config.upstreams {
+            let (pool, created) = registry.get_or_create(name, spec);
+            if created {
+                new_pools.push(pool.clone());
+            }
+            pools.push(pool);
+        }
+        let router = Router::compile(&config.routes, &|name| {
+            names.iter().position(|n| *n == name)
+        })?;
+        registry.retain(&names);
+        let listeners = config.listeners.iter().map(listener_policy).collect();
+        let limits = &config.server.limits;
+        Ok((
+            Snapshot {
+                generation,
+                pools,
+                listeners,
+                limits: Limits {
+                    max_body_size: limits.max_body_size.0,
+                    max_header_size: usize::try_from(limits.max_header_size.0)
+                        .unwrap_or(usize::MAX),
+                    max_header_count: limits.max_header_count,
+                    body_read_timeout: limits.body_read_timeout.0,
+                    keepalive_seconds: limits.keepalive_timeout.0.as_secs(),
+                },
+                trusted_proxies: config.server.trusted_proxies.clone(),
+                route_metrics: router
+                    .routes()
+                    .iter()
+                    .map(|r| metrics().route(&r.name))
+                    .collect(),
+                unrouted_metrics: metrics().route(""),
+                access_log: config.server.access_log,
+                router,
+                config: valid.clone(),
+            },
+            new_pools,
+        ))
+    }
+}
+
+fn listener_policy(listener: &config::Listener) -> ListenerPolicy {
+    let hsts = listener.hsts.as_ref().and_then(|hsts| {
+        let mut value = format!("max-age={}", hsts.max_age.0.as_secs());
+        if hsts.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if hsts.preload {
+            value.push_str("; preload");
+        }
+        HeaderValue::from_str(&value).ok()
+    });
+    ListenerPolicy {
+        name: listener.name.as_str().into(),
+        tls: listener.tls.is_some(),
+        hsts,
+        redirect_https_port: listener.redirect_https.as_ref().map(|r| r.port),
+    }
+}
