@@ -160,12 +160,10 @@ impl ProxyHttp for Gateway {
                 .reject(session, ctx, GatewayError::HeadersTooLarge)
                 .await;
         }
-        let content_length = req.headers.get(header::CONTENT_LENGTH);
-        // Both framing headers is a smuggling attempt (pingora#945).
-        if content_length.is_some() && req.headers.contains_key(header::TRANSFER_ENCODING) {
-            return self.reject(session, ctx, GatewayError::BadRequest).await;
-        }
-        if let Some(length) = content_length {
+        // A request with both Content-Length and Transfer-Encoding never
+        // reaches here with both: pingora 0.9 drops Content-Length and
+        // closes the connection afterwards (RFC 9112 §6.1, §6.3).
+        if let Some(length) = req.headers.get(header::CONTENT_LENGTH) {
             match length.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
                 Some(n) if n > limits.max_body_size => {
                     return self.reject(session, ctx, GatewayError::BodyTooLarge).await

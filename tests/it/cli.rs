@@ -1,0 +1,69 @@
+use std::process::Command;
+
+use crate::support::BIN;
+
+#[test]
+fn check_reports_three_mistakes_with_positions_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "\
+listeners:
+  - { name: plain, address: 127.0.0.1:8080 }
+upstreams:
+  orders:
+    targets: [127.0.0.1:9000]
+    health_check: { path: /healthz, interval: 5 seconds please }
+routes:
+  - name: orders
+    match: { path_prefix: /orders }
+    upstream: orderz
+    strip_prefx: true
+",
+    )
+    .unwrap();
+    let output = Command::new(BIN).arg("check").arg("-c").arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let file = path.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines[0].starts_with(&format!("{file}:6:47: upstreams.orders.health_check.interval: invalid duration")), "{stderr}");
+    assert!(lines[1].starts_with(&format!("{file}:10:15: routes[0].upstream: unknown upstream `orderz`")), "{stderr}");
+    assert!(lines[2].starts_with(&format!("{file}:11:5: routes[0].strip_prefx: unknown key")), "{stderr}");
+}
+
+#[test]
+fn example_configs_pass_check() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/config/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let output = Command::new(BIN).arg("check").arg("-c").arg(&path).output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
+
+#[test]
+fn exit_codes_for_arguments_version_and_schema() {
+    let output = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("portcullis "));
+    let output = Command::new(BIN).arg("--no-such-flag").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let output = Command::new(BIN).args(["check", "-c", "/nonexistent.yaml"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let output = Command::new(BIN).arg("schema").output().unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(schema["properties"]["listeners"].is_object());
+}

@@ -1,0 +1,313 @@
+//! Test support: the real `portcullis` binary as a child process, and real
+//! HTTP backends on loopback.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A loopback port that was free a moment ago. The gateway binds it itself,
+/// so it is released here; tests that race for ports retry on bind failure.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running gateway process, killed on drop.
+pub struct Gateway {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin: u16,
+    pub config_path: PathBuf,
+}
+
+impl Gateway {
+    /// Writes `config` (with `{PORT}`, `{ADMIN}` and `{DIR}` filled in) and
+    /// starts the gateway on it, waiting until `/readyz` answers 200.
+    pub async fn start(config: &str) -> Gateway {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        let port = free_port();
+        let admin = free_port();
+        let text = config
+            .replace("{PORT}", &port.to_string())
+            .replace("{ADMIN}", &admin.to_string())
+            .replace("{DIR}", &dir.path().display().to_string());
+        let config_path = dir.path().join("portcullis.yaml");
+        std::fs::write(&config_path, text).expect("write config");
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("log file");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
+        let child = Command::new(BIN)
+            .args(["gateway", "-c"])
+            .arg(&config_path)
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("start portcullis");
+        let mut gateway = Gateway {
+            child: Some(child),
+            dir,
+            port,
+            admin,
+            config_path,
+        };
+        let ready = eventually(Duration::from_secs(20), || async {
+            admin_get(admin, "/readyz").await.map(|(s, _)| s) == Some(200)
+        })
+        .await;
+        if !ready {
+            let status = gateway.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            panic!(
+                "gateway did not become ready (exit: {status:?})\nstderr:\n{}",
+                gateway.stderr()
+            );
+        }
+        gateway
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return status.code();
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// GET on the admin listener: status and body.
+pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let client = client();
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// What a backend saw.
+#[derive(Debug, serde::Deserialize)]
+pub struct Echo {
+    pub backend: String,
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A real HTTP/1.1 + HTTP/2 backend on loopback that echoes what it got.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+    pub hits: Arc<AtomicUsize>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: TcpListener) -> Backend {
+        let addr = listener.local_addr().expect("addr");
+        let healthy = Arc::new(AtomicBool::new(true));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let state = Arc::new(BackendState {
+            name: name.to_owned(),
+            healthy: healthy.clone(),
+            hits: hits.clone(),
+        });
+        let conn_tasks = tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                let task = tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { state.handle(req).await }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+                conn_tasks.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Backend {
+            name: name.to_owned(),
+            addr,
+            healthy,
+            hits,
+            tasks,
+        }
+    }
+
+    /// Stops listening and drops every open connection.
+    pub fn kill(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct BackendState {
+    name: String,
+    healthy: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl BackendState {
+    async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        if req.uri().path() == "/healthz" {
+            let status = if self.healthy.load(Ordering::SeqCst) { 200 } else { 503 };
+            return Ok(Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from_static(b"health")))
+                .unwrap());
+        }
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        let query = req.uri().query().unwrap_or("");
+        if let Some(ms) = query.strip_prefix("sleep_ms=") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let method = req.method().to_string();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned());
+        let mut headers = BTreeMap::new();
+        for (name, value) in req.headers() {
+            headers.insert(
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            );
+        }
+        let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let json = serde_json::json!({
+            "backend": self.name,
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "body_len": body,
+        });
+        Ok(Response::builder()
+            .header("content-type", "application/json")
+            .header("x-backend", self.name.as_str())
+            .body(Full::new(Bytes::from(json.to_string())))
+            .unwrap())
+    }
+}
+
+/// Writes a file atomically (rename), as Kubernetes does for Secrets.
+pub fn write_atomic(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
