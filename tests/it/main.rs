@@ -5,3 +5,4 @@ mod cli;
 mod limits;
 mod routing;
 mod support;
+mod tls;
