@@ -2,6 +2,7 @@
 //! and clients on loopback. One test binary, modules per area.
 
 mod cli;
+mod health;
 mod limits;
 mod routing;
 mod support;
