@@ -3,6 +3,7 @@
 
 mod cli;
 mod health;
+mod lifecycle;
 mod limits;
 mod routing;
 mod support;

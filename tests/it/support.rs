@@ -102,6 +102,15 @@ impl Gateway {
         gateway
     }
 
+    /// Replaces the config file, filling in the same placeholders.
+    pub fn write_config(&self, config: &str) {
+        let text = config
+            .replace("{PORT}", &self.port.to_string())
+            .replace("{ADMIN}", &self.admin.to_string())
+            .replace("{DIR}", &self.dir.path().display().to_string());
+        write_atomic(&self.config_path, text.as_bytes());
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
