@@ -23,15 +23,33 @@ routes:
 ",
     )
     .unwrap();
-    let output = Command::new(BIN).arg("check").arg("-c").arg(&path).output().unwrap();
+    let output = Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
     let file = path.display().to_string();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
-    assert!(lines[0].starts_with(&format!("{file}:6:47: upstreams.orders.health_check.interval: invalid duration")), "{stderr}");
-    assert!(lines[1].starts_with(&format!("{file}:10:15: routes[0].upstream: unknown upstream `orderz`")), "{stderr}");
-    assert!(lines[2].starts_with(&format!("{file}:11:5: routes[0].strip_prefx: unknown key")), "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:6:47: upstreams.orders.health_check.interval: invalid duration"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{file}:10:15: routes[0].upstream: unknown upstream `orderz`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{file}:11:5: routes[0].strip_prefx: unknown key")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -41,7 +59,12 @@ fn example_configs_pass_check() {
     for entry in std::fs::read_dir(examples).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "yaml") {
-            let output = Command::new(BIN).arg("check").arg("-c").arg(&path).output().unwrap();
+            let output = Command::new(BIN)
+                .arg("check")
+                .arg("-c")
+                .arg(&path)
+                .output()
+                .unwrap();
             assert!(
                 output.status.success(),
                 "{}: {}",
@@ -61,7 +84,10 @@ fn exit_codes_for_arguments_version_and_schema() {
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("portcullis "));
     let output = Command::new(BIN).arg("--no-such-flag").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
-    let output = Command::new(BIN).args(["check", "-c", "/nonexistent.yaml"]).output().unwrap();
+    let output = Command::new(BIN)
+        .args(["check", "-c", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let output = Command::new(BIN).arg("schema").output().unwrap();
     let schema: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

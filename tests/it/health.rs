@@ -15,7 +15,11 @@ async fn backends_hit(gateway: &Gateway, n: usize) -> Vec<String> {
     let client = client();
     let mut seen = Vec::new();
     for i in 0..n {
-        let response = client.get(gateway.url(&format!("/x/{i}"))).send().await.unwrap();
+        let response = client
+            .get(gateway.url(&format!("/x/{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         seen.push(response.headers()["x-backend"].to_str().unwrap().to_owned());
     }
@@ -42,10 +46,19 @@ async fn failing_health_check_removes_target_until_it_recovers() {
     assert!(removed, "unhealthy target still receives traffic");
     let before = b.hits.load(Ordering::SeqCst);
     backends_hit(&gateway, 20).await;
-    assert_eq!(b.hits.load(Ordering::SeqCst), before, "unhealthy target was sent requests");
-    let (_, metrics) = crate::support::admin_get(gateway.admin, "/metrics").await.unwrap();
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        before,
+        "unhealthy target was sent requests"
+    );
+    let (_, metrics) = crate::support::admin_get(gateway.admin, "/metrics")
+        .await
+        .unwrap();
     assert!(
-        metrics.contains(&format!("portcullis_upstream_target_healthy{{target=\"{}\",upstream=\"pool\"}} 0", b.addr)),
+        metrics.contains(&format!(
+            "portcullis_upstream_target_healthy{{target=\"{}\",upstream=\"pool\"}} 0",
+            b.addr
+        )),
         "{metrics}"
     );
 
@@ -71,7 +84,10 @@ async fn killed_target_gives_json_error_never_a_hang() {
         let status = response.status().as_u16();
         assert!(status == 502 || status == 503, "status {status}");
         assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
-        let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["request_id"], id);
         assert_eq!(body["status"], status);
@@ -91,9 +107,14 @@ async fn connect_failures_are_retried_on_another_target_and_ejected() {
     // Every GET succeeds: a failed connect to b is retried on a.
     let seen = backends_hit(&gateway, 10).await;
     assert!(seen.iter().all(|n| n == "a"));
-    let (_, metrics) = crate::support::admin_get(gateway.admin, "/metrics").await.unwrap();
+    let (_, metrics) = crate::support::admin_get(gateway.admin, "/metrics")
+        .await
+        .unwrap();
     assert!(
-        metrics.contains(&format!("portcullis_upstream_target_healthy{{target=\"{}\",upstream=\"pool\"}} 0", b.addr)),
+        metrics.contains(&format!(
+            "portcullis_upstream_target_healthy{{target=\"{}\",upstream=\"pool\"}} 0",
+            b.addr
+        )),
         "{metrics}"
     );
 }
@@ -102,7 +123,11 @@ async fn connect_failures_are_retried_on_another_target_and_ejected() {
 async fn slow_upstream_gives_504() {
     let a = Backend::start("a").await;
     let gateway = Gateway::start(&config(&[&a], "    timeouts: { read: 300ms }\n")).await;
-    let response = client().get(gateway.url("/slow?sleep_ms=2000")).send().await.unwrap();
+    let response = client()
+        .get(gateway.url("/slow?sleep_ms=2000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 504);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], 504);

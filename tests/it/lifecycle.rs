@@ -79,14 +79,26 @@ async fn reload_under_load_fails_no_request() {
     let response = admin.post(&reload_url).send().await.unwrap();
     assert_eq!(response.status(), 422);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("unknown upstream `nowhere`"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown upstream `nowhere`"),
+        "{body}"
+    );
     // SIGHUP reloads too.
     gateway.write_config(&config(&echo, "six"));
     gateway.signal("HUP");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     let (ok, failed, tags) = running.await.unwrap();
-    assert!(failed.is_empty(), "{} failed of {}: {:?}", failed.len(), ok + failed.len(), &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
     assert!(ok > 100, "only {ok} requests ran");
     assert!(tags.contains("one") && tags.contains("five"), "{tags:?}");
     assert!(!tags.contains("broken"));

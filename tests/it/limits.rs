@@ -17,10 +17,20 @@ async fn oversized_body_413_and_headers_431() {
     let gateway = Gateway::start(&config(&echo)).await;
     let client = client();
 
-    let ok = client.post(gateway.url("/")).body(vec![b'a'; 1000]).send().await.unwrap();
+    let ok = client
+        .post(gateway.url("/"))
+        .body(vec![b'a'; 1000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 
-    let big = client.post(gateway.url("/")).body(vec![b'a'; 2000]).send().await.unwrap();
+    let big = client
+        .post(gateway.url("/"))
+        .body(vec![b'a'; 2000])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(big.status(), 413);
     let body: serde_json::Value = big.json().await.unwrap();
     assert_eq!(body["status"], 413);
@@ -57,7 +67,9 @@ async fn oversized_body_413_and_headers_431() {
 async fn both_framing_headers_cannot_smuggle() {
     let echo = Backend::start("echo").await;
     let gateway = Gateway::start(&config(&echo)).await;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
     // Content-Length 5 would swallow "0\r\n\r" and leave a smuggled request
     // behind; chunked framing (RFC 9112 §6.3) ends the body at "0\r\n\r\n".
     stream
@@ -69,7 +81,10 @@ async fn both_framing_headers_cannot_smuggle() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("\"body_len\":0"), "{text}");
-    assert!(!text.contains("content-length\":"), "backend saw Content-Length: {text}");
+    assert!(
+        !text.contains("content-length\":"),
+        "backend saw Content-Length: {text}"
+    );
     // The connection is closed after the answer: the trailing request is
     // never served.
     assert!(!text.contains("/smuggled"), "{text}");
@@ -80,7 +95,9 @@ async fn both_framing_headers_cannot_smuggle() {
 async fn slow_header_client_is_cut_off() {
     let echo = Backend::start("echo").await;
     let gateway = Gateway::start(&config(&echo)).await;
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
     let started = Instant::now();
     let request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let mut cut_off_after = None;
@@ -106,7 +123,10 @@ async fn slow_header_client_is_cut_off() {
     }
     let after = cut_off_after.expect("connection was never cut off");
     assert!(after < Duration::from_secs(6), "cut off after {after:?}");
-    assert!(after >= Duration::from_millis(1500), "cut off too early: {after:?}");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "cut off too early: {after:?}"
+    );
     assert_eq!(echo.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     // A normal client on the same gateway is served.

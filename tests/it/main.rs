@@ -5,6 +5,7 @@ mod cli;
 mod health;
 mod lifecycle;
 mod limits;
+mod protocols;
 mod routing;
 mod support;
 mod tls;

@@ -43,13 +43,33 @@ async fn precedence_table() {
     let echo = Backend::start("echo").await;
     let gateway = Gateway::start(&routing_config(&echo)).await;
     let client = client();
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    // (host, method, path, headers, expected route)
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("api.example.com", "GET", "/status", &[], "host-exact-path"),
-        ("API.Example.COM:8080", "GET", "/status", &[], "host-exact-path"),
+        (
+            "API.Example.COM:8080",
+            "GET",
+            "/status",
+            &[],
+            "host-exact-path",
+        ),
         ("api.example.com", "GET", "/orders", &[], "host-prefix"),
         ("api.example.com", "GET", "/orders/7", &[], "host-template"),
-        ("api.example.com", "GET", "/orders/archive", &[], "host-template"),
-        ("api.example.com", "GET", "/orders/archive/2020", &[], "host-longer-prefix"),
+        (
+            "api.example.com",
+            "GET",
+            "/orders/archive",
+            &[],
+            "host-template",
+        ),
+        (
+            "api.example.com",
+            "GET",
+            "/orders/archive/2020",
+            &[],
+            "host-longer-prefix",
+        ),
         ("api.example.com", "GET", "/ordersx", &[], "wildcard"),
         ("shop.example.com", "GET", "/orders", &[], "wildcard"),
         ("a.eu.example.com", "GET", "/", &[], "wildcard-deeper"),
@@ -58,7 +78,13 @@ async fn precedence_table() {
         ("other.test", "POST", "/orders", &[], "post-orders"),
         ("other.test", "DELETE", "/orders", &[], "orders"),
         ("other.test", "GET", "/orders/1", &[], "orders"),
-        ("other.test", "GET", "/beta/x", &[("x-canary", "1")], "beta-canary"),
+        (
+            "other.test",
+            "GET",
+            "/beta/x",
+            &[("x-canary", "1")],
+            "beta-canary",
+        ),
         ("other.test", "GET", "/beta/x", &[("x-canary", "0")], "beta"),
         ("other.test", "GET", "/", &[], "root-exact"),
         ("other.test", "GET", "/anything/else", &[], "catch-all"),
@@ -84,7 +110,9 @@ async fn precedence_table() {
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
         if route != *expected {
-            failures.push(format!("{method} {host}{path} {headers:?}: got {route:?}, want {expected:?}"));
+            failures.push(format!(
+                "{method} {host}{path} {headers:?}: got {route:?}, want {expected:?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -112,6 +140,7 @@ async fn strip_prefix_and_rewrite() {
             .await
             .unwrap();
         assert_eq!(echo.path, upstream_path, "for {path}");
+        assert_eq!(echo.backend, "echo");
     }
 }
 
@@ -125,7 +154,10 @@ async fn no_route_is_json_404_with_request_id() {
     let gateway = Gateway::start(&config).await;
     let response = client().get(gateway.url("/missing")).send().await.unwrap();
     assert_eq!(response.status(), 404);
-    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["request_id"], id);
     assert_eq!(body["status"], 404);
@@ -146,7 +178,11 @@ async fn no_route_is_json_404_with_request_id() {
     assert!(echo.headers["forwarded"].starts_with("for=127.0.0.1;proto=http"));
 
     // The access log has the request, without the query string.
-    let _ = client().get(gateway.url("/only?token=secret")).send().await.unwrap();
+    let _ = client()
+        .get(gateway.url("/only?token=secret"))
+        .send()
+        .await
+        .unwrap();
     let found = crate::support::eventually(std::time::Duration::from_secs(5), || async {
         gateway.stdout().contains("\"request_id\":\"trace-abc-1\"")
     })
@@ -179,7 +215,10 @@ async fn untrusted_forwarding_headers_are_replaced() {
     assert!(!echo.headers["forwarded"].contains("6.6.6.6"));
 
     // From a trusted proxy, the chain is kept and extended.
-    let trusted = config.replace("admin:", "server: { trusted_proxies: [127.0.0.0/8] }\nadmin:");
+    let trusted = config.replace(
+        "admin:",
+        "server: { trusted_proxies: [127.0.0.0/8] }\nadmin:",
+    );
     let gateway = Gateway::start(&trusted).await;
     let echo: Echo = client()
         .get(gateway.url("/"))

@@ -93,7 +93,10 @@ impl Gateway {
         })
         .await;
         if !ready {
-            let status = gateway.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            let status = gateway
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
             panic!(
                 "gateway did not become ready (exit: {status:?})\nstderr:\n{}",
                 gateway.stderr()
@@ -192,14 +195,12 @@ pub fn client() -> reqwest::Client {
 #[derive(Debug, serde::Deserialize)]
 pub struct Echo {
     pub backend: String,
-    pub method: String,
     pub path: String,
     pub headers: BTreeMap<String, String>,
 }
 
 /// A real HTTP/1.1 + HTTP/2 backend on loopback that echoes what it got.
 pub struct Backend {
-    pub name: String,
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicUsize>,
@@ -208,7 +209,9 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         Self::serve(name, listener)
     }
 
@@ -243,7 +246,6 @@ impl Backend {
         });
         tasks.lock().unwrap().push(accept.abort_handle());
         Backend {
-            name: name.to_owned(),
             addr,
             healthy,
             hits,
@@ -274,7 +276,11 @@ struct BackendState {
 impl BackendState {
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
         if req.uri().path() == "/healthz" {
-            let status = if self.healthy.load(Ordering::SeqCst) { 200 } else { 503 };
+            let status = if self.healthy.load(Ordering::SeqCst) {
+                200
+            } else {
+                503
+            };
             return Ok(Response::builder()
                 .status(status)
                 .body(Full::new(Bytes::from_static(b"health")))
@@ -298,7 +304,12 @@ impl BackendState {
                 String::from_utf8_lossy(value.as_bytes()).into_owned(),
             );
         }
-        let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
         let json = serde_json::json!({
             "backend": self.name,
             "method": method,

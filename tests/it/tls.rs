@@ -93,7 +93,9 @@ async fn connect(
 }
 
 fn served_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+    stream.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
 }
 
 /// One HTTP/1.1 request on an open connection; returns the status.
@@ -116,7 +118,11 @@ async fn get(stream: &mut TlsStream<TcpStream>, host: &str) -> std::io::Result<u
             let head = &text[..head_end];
             let length: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             if buf.len() >= head_end + 4 + length {
                 return Ok(head[9..12].parse().unwrap());
@@ -180,7 +186,10 @@ async fn sni_picks_certificate_and_default() {
         ("default.test", 0),
     ] {
         let mut stream = connect(&connector, port, name).await.expect(name);
-        assert!(served_cert(&stream) == setup.certs[expected].der, "wrong certificate for {name}");
+        assert!(
+            served_cert(&stream) == setup.certs[expected].der,
+            "wrong certificate for {name}"
+        );
         assert_eq!(get(&mut stream, name).await.unwrap(), 200);
     }
     // An unknown name gets the default certificate (which then fails the
@@ -195,7 +204,10 @@ async fn sni_picks_certificate_and_default() {
     let insecure = TlsConnector::from(Arc::new(config));
     for name in ["unknown.test", "127.0.0.1", "deep.x.wild.test"] {
         let stream = connect(&insecure, port, name).await.expect(name);
-        assert!(served_cert(&stream) == setup.certs[0].der, "{name} should get the default");
+        assert!(
+            served_cert(&stream) == setup.certs[0].der,
+            "{name} should get the default"
+        );
     }
 
     // h2 over ALPN through a real HTTP client; HSTS set on the TLS listener.
@@ -205,10 +217,17 @@ async fn sni_picks_certificate_and_default() {
         .resolve("a.test", ([127, 0, 0, 1], port).into())
         .build()
         .unwrap();
-    let response = client.get(format!("https://a.test:{port}/h2")).send().await.unwrap();
+    let response = client
+        .get(format!("https://a.test:{port}/h2"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["strict-transport-security"], "max-age=3600");
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=3600"
+    );
     let echo: crate::support::Echo = response.json().await.unwrap();
     assert_eq!(echo.headers["x-forwarded-proto"], "https");
 }
@@ -244,7 +263,9 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -257,7 +278,10 @@ async fn certificate_file_replacement_is_served_within_5s() {
     assert_eq!(get(&mut before, "a.test").await.unwrap(), 200);
 
     // A broken file first: logged, and the old certificate stays.
-    write_atomic(&setup.gateway.path("c1.pem"), b"-----BEGIN CERTIFICATE-----\nnope\n");
+    write_atomic(
+        &setup.gateway.path("c1.pem"),
+        b"-----BEGIN CERTIFICATE-----\nnope\n",
+    );
     assert!(
         eventually(Duration::from_secs(5), || async {
             setup.gateway.stderr().contains("certificate reload failed")
@@ -307,7 +331,10 @@ async fn mtls_required_rejects_clients_without_certificate() {
         Err(_) => true,
         Ok(mut stream) => get(&mut stream, "a.test").await.is_err(),
     };
-    assert!(rejected, "a client with a certificate from another CA was served");
+    assert!(
+        rejected,
+        "a client with a certificate from another CA was served"
+    );
 
     let client_leaf = client_ca.leaf(&["client.test"], true);
     let trusted = connector(&setup.ca, Some(&client_leaf));
@@ -320,6 +347,8 @@ async fn mtls_optional_accepts_clients_without_certificate() {
     let client_ca = TestCa::new("client CA");
     let setup = start(Some((&client_ca, "optional"))).await;
     let anonymous = connector(&setup.ca, None);
-    let mut stream = connect(&anonymous, setup.gateway.port, "a.test").await.unwrap();
+    let mut stream = connect(&anonymous, setup.gateway.port, "a.test")
+        .await
+        .unwrap();
     assert_eq!(get(&mut stream, "a.test").await.unwrap(), 200);
 }
