@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command (README): installs what is missing, then formatting,
+# clippy with -D warnings, and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+# pingora's dependency tree builds zlib-ng with cmake.
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+# Every example config must pass `portcullis check` (also a test in tests/it/cli.rs).
+for example in config/examples/*.yaml; do
+  cargo run --quiet -- check -c "$example"
+done
