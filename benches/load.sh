@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Side-by-side load run on loopback: the backend directly, nginx as a plain
+# reverse proxy, and the portcullis gateway, each driven by wrk in one run.
+# Prints req/s, p99 latency and the proxy's CPU time per request.
+#
+#   bash benches/load.sh            # 10 s per target, 64 connections
+#   DURATION=30 CONNECTIONS=128 bash benches/load.sh
+#
+# The proxies are pinned to one core (the last), the backend and wrk to the
+# others, so "CPU per request" is the proxy's alone. Access logs are off for
+# both proxies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet
+BIN=target/release/portcullis
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cores=$(nproc)
+proxy_core=$((cores - 1))
+other_cores="0-$((cores > 1 ? cores - 2 : 0))"
+
+BACKEND_PORT=$(free_port); NGINX_PORT=$(free_port); GATEWAY_PORT=$(free_port); ADMIN_PORT=$(free_port)
+
+nginx_conf() { # name port body
+  mkdir -p "$work/$1"
+  cat > "$work/$1/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/$1/nginx.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  upstream backend { server 127.0.0.1:$BACKEND_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$2 reuseport;
+    $3
+  }
+}
+CONF
+}
+nginx_conf backend "$BACKEND_PORT" 'location / { return 200 "ok\n"; }'
+nginx_conf proxy "$NGINX_PORT" 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+
+cat > "$work/gateway.yaml" <<YAML
+listeners:
+  - { name: plain, address: '127.0.0.1:$GATEWAY_PORT' }
+admin: { address: '127.0.0.1:$ADMIN_PORT' }
+server: { threads: 1, access_log: false }
+upstreams:
+  backend: { targets: [ '127.0.0.1:$BACKEND_PORT' ] }
+routes:
+  - { name: all, upstream: backend }
+YAML
+
+taskset -c "$other_cores" "$NGINX" -p "$work/backend" -c "$work/backend/nginx.conf" & pids+=($!)
+taskset -c "$proxy_core" "$NGINX" -p "$work/proxy" -c "$work/proxy/nginx.conf" & nginx_pid=$!; pids+=($nginx_pid)
+RUST_LOG=warn taskset -c "$proxy_core" "$BIN" gateway -c "$work/gateway.yaml" >/dev/null 2>"$work/gateway.err" & gateway_pid=$!; pids+=($gateway_pid)
+
+for port in "$BACKEND_PORT" "$NGINX_PORT" "$GATEWAY_PORT"; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+run() { # label port pid
+  local before after out rps p99 reqs cpu_us
+  [ -n "$3" ] && before=$(cpu_ticks "$3")
+  out=$(taskset -c "$other_cores" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$2/")
+  [ -n "$3" ] && after=$(cpu_ticks "$3")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  if [ -n "$3" ]; then
+    cpu_us=$(python3 -c "print(f'{($after - $before) / $hz * 1e6 / $reqs:.1f}')")
+  else
+    cpu_us="-"
+  fi
+  printf '%-22s %12s %10s %16s  %s\n' "$1" "$rps" "$p99" "$cpu_us" "$errors"
+}
+
+echo "loopback, wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s, proxies pinned to core $proxy_core ($(nproc) cores), $(date -u +%FT%TZ)"
+printf '%-22s %12s %10s %16s\n' target req/s p99 "proxy CPU us/req"
+run "backend (direct)" "$BACKEND_PORT" ""
+run "nginx reverse proxy" "$NGINX_PORT" "$nginx_pid"
+run "portcullis gateway" "$GATEWAY_PORT" "$gateway_pid"
