@@ -30,8 +30,9 @@ fn thousand_routes() -> String {
 }
 
 fn bench_lookup(c: &mut Criterion) {
-    let valid = portcullis_config::load_from_str(&thousand_routes(), Path::new("bench.yaml"), &|_| None)
-        .expect("bench config is valid");
+    let valid =
+        portcullis_config::load_from_str(&thousand_routes(), Path::new("bench.yaml"), &|_| None)
+            .expect("bench config is valid");
     let router = Router::compile(&valid.config.routes, &|_| Some(0)).expect("routes compile");
     assert_eq!(router.routes().len(), 1001);
 
@@ -40,16 +41,51 @@ fn bench_lookup(c: &mut Criterion) {
     let empty = HeaderMap::new();
     let get = Method::GET;
     let cases: [(&str, &str, &str, &HeaderMap, &str); 6] = [
-        ("exact host + prefix", "svc500.example.com", "/api/v500/orders/17", &empty, "r500"),
-        ("template", "any.test", "/tenants/acme/items501/42", &empty, "r501"),
-        ("deep prefix", "any.test", "/service502/v1/a/b/c/d/e", &empty, "r502"),
-        ("wildcard host", "eu.zone503.example.com", "/status", &empty, "r503"),
+        (
+            "exact host + prefix",
+            "svc500.example.com",
+            "/api/v500/orders/17",
+            &empty,
+            "r500",
+        ),
+        (
+            "template",
+            "any.test",
+            "/tenants/acme/items501/42",
+            &empty,
+            "r501",
+        ),
+        (
+            "deep prefix",
+            "any.test",
+            "/service502/v1/a/b/c/d/e",
+            &empty,
+            "r502",
+        ),
+        (
+            "wildcard host",
+            "eu.zone503.example.com",
+            "/status",
+            &empty,
+            "r503",
+        ),
         ("exact + header", "any.test", "/exact/504", &v2, "r504"),
-        ("fallback miss", "unknown.example.org", "/no/such/path/here/at/all", &empty, "fallback"),
+        (
+            "fallback miss",
+            "unknown.example.org",
+            "/no/such/path/here/at/all",
+            &empty,
+            "fallback",
+        ),
     ];
     let mut group = c.benchmark_group("route_lookup_1000");
     for (label, host, path, headers, expected) in cases {
-        let view = RequestView { host, path, method: &get, headers };
+        let view = RequestView {
+            host,
+            path,
+            method: &get,
+            headers,
+        };
         let found = router.lookup(&view).map(|m| m.route.name.to_string());
         assert_eq!(found.as_deref(), Some(expected), "{label}");
         group.bench_function(label, |b| {

@@ -244,6 +244,7 @@ impl ProxyHttp for Gateway {
         let addr = target.target().addr;
         let sni = pool.tls_sni.as_deref().unwrap_or("").to_owned();
         let mut peer = HttpPeer::new(addr, pool.spec.tls.is_some(), sni);
+        peer.group_key = pool.connection_group;
         let timeouts = &pool.spec.timeouts;
         let route_timeout = ctx
             .route
@@ -357,16 +358,33 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let failed = matches!(response.status.as_u16(), 502..=504);
-        if let (Some(pool), Some(target)) = (
-            ctx.pool.and_then(|i| ctx.snapshot.pools.get(i)),
+        let status = response.status.as_u16();
+        let failed = matches!(status, 502..=504);
+        let snapshot = ctx.snapshot.clone();
+        let (Some(pool), Some(target)) = (
+            ctx.pool.and_then(|i| snapshot.pools.get(i)),
             ctx.target.as_ref(),
-        ) {
-            pool.report(target.target(), !failed);
+        ) else {
+            return Ok(());
+        };
+        pool.report(target.target(), !failed);
+        // 502 and 503 mean the target could not take the request: an
+        // idempotent request goes to another target, within the budget.
+        // Nothing has been sent to the client yet, so this is invisible to it.
+        let retry = matches!(status, 502 | 503)
+            && session.req_header().method.is_idempotent()
+            && ctx.attempts <= pool.spec.retries.attempts
+            && pool.try_retry();
+        if retry {
+            ctx.failed_target = Some(target.target().addr);
+            let mut e =
+                Error::explain(ErrorType::HTTPStatus(status), "upstream answered; retrying");
+            e.set_retry(true);
+            return Err(e.into_up());
         }
         Ok(())
     }

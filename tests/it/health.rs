@@ -132,3 +132,43 @@ async fn slow_upstream_gives_504() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], 504);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_answered_503_are_retried_elsewhere() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    a.fail_status.store(503, Ordering::SeqCst);
+    let gateway = Gateway::start(&config(
+        &[&a, &b],
+        "    passive_health: { max_failures: 0 }\n",
+    ))
+    .await;
+    let seen = backends_hit(&gateway, 10).await;
+    assert!(seen.iter().all(|n| n == "b"), "{seen:?}");
+    assert!(
+        a.hits.load(Ordering::SeqCst) >= 1,
+        "the failing target was never tried"
+    );
+
+    // A POST is not idempotent: the 503 reaches the client as it was.
+    let client = client();
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            client
+                .post(gateway.url("/p"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+
+    // Every target failing: the last answer is passed through, not a hang.
+    b.fail_status.store(502, Ordering::SeqCst);
+    let response = client.get(gateway.url("/all-bad")).send().await.unwrap();
+    assert!(matches!(response.status().as_u16(), 502 | 503));
+}

@@ -9,3 +9,4 @@ mod protocols;
 mod routing;
 mod support;
 mod tls;
+mod upstreams;

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -204,6 +204,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub healthy: Arc<AtomicBool>,
     pub hits: Arc<AtomicUsize>,
+    /// When not 0, every request (but `/healthz`) is answered with it.
+    pub fail_status: Arc<AtomicU16>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -219,11 +221,13 @@ impl Backend {
         let addr = listener.local_addr().expect("addr");
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicUsize::new(0));
+        let fail_status = Arc::new(AtomicU16::new(0));
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let state = Arc::new(BackendState {
             name: name.to_owned(),
             healthy: healthy.clone(),
             hits: hits.clone(),
+            fail_status: fail_status.clone(),
         });
         let conn_tasks = tasks.clone();
         let accept = tokio::spawn(async move {
@@ -249,6 +253,7 @@ impl Backend {
             addr,
             healthy,
             hits,
+            fail_status,
             tasks,
         }
     }
@@ -271,6 +276,7 @@ struct BackendState {
     name: String,
     healthy: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
+    fail_status: Arc<AtomicU16>,
 }
 
 impl BackendState {
@@ -287,6 +293,14 @@ impl BackendState {
                 .unwrap());
         }
         self.hits.fetch_add(1, Ordering::SeqCst);
+        let fail = self.fail_status.load(Ordering::SeqCst);
+        if fail != 0 {
+            return Ok(Response::builder()
+                .status(fail)
+                .header("x-backend", self.name.as_str())
+                .body(Full::new(Bytes::from_static(b"backend failure")))
+                .unwrap());
+        }
         let query = req.uri().query().unwrap_or("");
         if let Some(ms) = query.strip_prefix("sleep_ms=") {
             let ms: u64 = ms.parse().unwrap_or(0);

@@ -15,18 +15,18 @@ use tokio_rustls::TlsConnector;
 use crate::support::{eventually, write_atomic, Backend, Gateway};
 
 /// A throw-away CA made for one test; nothing is committed.
-struct TestCa {
+pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
     der: CertificateDer<'static>,
 }
 
 impl TestCa {
-    fn new(name: &str) -> TestCa {
+    pub fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -34,11 +34,11 @@ impl TestCa {
         TestCa { issuer }
     }
 
-    fn pem(&self) -> String {
+    pub fn pem(&self) -> String {
         self.issuer.pem()
     }
 
-    fn leaf(&self, names: &[&str], client: bool) -> Leaf {
+    pub fn leaf(&self, names: &[&str], client: bool) -> Leaf {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();

@@ -91,6 +91,11 @@ pub struct Pool {
     pub tls_sni: Option<Box<str>>,
     /// Extra CAs for TLS targets, parsed once.
     pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Keeps pingora's connection pool from handing one pool's connection
+    /// to another: its reuse key covers address, SNI and verification
+    /// flags but not the CA, so a connection verified against pool A's CA
+    /// must never serve pool B.
+    pub connection_group: u64,
 }
 
 /// How a request keys consistent hashing.
@@ -139,6 +144,13 @@ impl Pool {
             window_retries: AtomicU64::new(0),
             window_started_ms: AtomicU64::new(0),
             tls_sni,
+            connection_group: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut hasher = foldhash::quality::FixedState::with_seed(1).build_hasher();
+                hasher.write(name.as_bytes());
+                hasher.write(format!("{spec:?}").as_bytes());
+                hasher.finish()
+            },
             ca: spec
                 .tls
                 .as_ref()
