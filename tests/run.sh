@@ -20,8 +20,19 @@ done
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
 # Every example config must pass `portcullis check` (also a test in tests/it/cli.rs).
-for example in config/examples/*.yaml; do
+for example in config/examples/*.yaml deploy/compose-gateway.yaml; do
   cargo run --quiet -- check -c "$example"
 done
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# --all-targets: unit and integration tests, and each benchmark run once as a test.
+set +e
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
+echo "Total: $passed passed, $failed failed"
+exit "$status"
