@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// pingora allocates per request (headers, buffers, tasks); glibc malloc was
+// ~10% of the gateway's CPU under load (perf, benches/load.sh), mimalloc
+// about a third of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",

@@ -78,7 +78,7 @@ impl ServerApp for GuardedProxy {
         let guarded: Box<HeadDeadline> = if stream.as_any().is::<HeadDeadline>() {
             // A keep-alive connection coming back for its next request.
             let mut reused = stream.into_any().downcast::<HeadDeadline>().ok()?;
-            reused.rearm(self.header_timeout, false);
+            reused.rearm(self.header_timeout);
             reused
         } else {
             Box::new(HeadDeadline::new(stream, self.header_timeout))
@@ -93,12 +93,11 @@ impl ServerApp for GuardedProxy {
 
 /// Where the reader is in the current request.
 enum State {
-    /// Reading the request head; the deadline runs (from the first byte,
-    /// for a reused connection). `tail` holds the last bytes seen, to find
-    /// `\r\n\r\n` across reads.
+    /// Reading the request head. `armed`: the deadline runs (from the
+    /// connection's start, or from the first byte of a later request).
+    /// `tail` holds the last bytes seen, to find `\r\n\r\n` across reads.
     Head {
-        deadline: Option<Pin<Box<Sleep>>>,
-        timeout: Duration,
+        armed: bool,
         tail: [u8; 3],
         tail_len: usize,
     },
@@ -109,6 +108,9 @@ enum State {
 /// A stream that fails reads with `TimedOut` if the request head takes too long.
 pub struct HeadDeadline {
     inner: Stream,
+    /// One timer per connection, reset for each request head.
+    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
     state: State,
     _connection: ConnectionCount,
 }
@@ -129,20 +131,28 @@ impl Drop for ConnectionCount {
 }
 
 impl HeadDeadline {
+    /// A new connection: the deadline starts now.
     fn new(inner: Stream, timeout: Duration) -> Self {
-        let mut stream = HeadDeadline {
+        HeadDeadline {
             inner,
-            state: State::Passthrough,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+            state: State::Head {
+                armed: true,
+                tail: [0; 3],
+                tail_len: 0,
+            },
             _connection: ConnectionCount::new(),
-        };
-        stream.rearm(timeout, true);
-        stream
+        }
     }
 
-    fn rearm(&mut self, timeout: Duration, start_now: bool) {
+    /// The next request on a kept-alive connection: the deadline starts
+    /// with its first byte (the idle time before it is the keep-alive
+    /// timeout's business).
+    fn rearm(&mut self, timeout: Duration) {
+        self.timeout = timeout;
         self.state = State::Head {
-            deadline: start_now.then(|| Box::pin(tokio::time::sleep(timeout))),
-            timeout,
+            armed: false,
             tail: [0; 3],
             tail_len: 0,
         };
@@ -167,12 +177,8 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if let State::Head {
-            deadline: Some(deadline),
-            ..
-        } = &mut this.state
-        {
-            if deadline.as_mut().poll(cx).is_ready() {
+        if let State::Head { armed: true, .. } = this.state {
+            if this.deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "request head not received in time",
@@ -181,42 +187,39 @@ impl AsyncRead for HeadDeadline {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let (
-            Poll::Ready(Ok(())),
-            State::Head {
-                deadline,
-                timeout,
-                tail,
-                tail_len,
-            },
-        ) = (&result, &mut this.state)
-        {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                if head_complete(&tail[..*tail_len], new) {
-                    this.state = State::Passthrough;
-                } else {
-                    if deadline.is_none() {
-                        *deadline = Some(Box::pin(tokio::time::sleep_until(
-                            Instant::now() + *timeout,
-                        )));
-                        // Register the new timer with this task.
-                        if let Some(d) = deadline.as_mut() {
-                            let _ = d.as_mut().poll(cx);
-                        }
-                    }
-                    let mut joined = [0u8; 6];
-                    let keep = new.len().min(3);
-                    joined[..*tail_len].copy_from_slice(&tail[..*tail_len]);
-                    joined[*tail_len..*tail_len + keep].copy_from_slice(&new[new.len() - keep..]);
-                    let total = *tail_len + keep;
-                    let start = total.saturating_sub(3);
-                    let kept = total - start;
-                    tail[..kept].copy_from_slice(&joined[start..total]);
-                    *tail_len = kept;
-                }
-            }
+        let State::Head {
+            armed,
+            tail,
+            tail_len,
+        } = &mut this.state
+        else {
+            return result;
+        };
+        let new = &buf.filled()[before..];
+        if !matches!(result, Poll::Ready(Ok(()))) || new.is_empty() {
+            return result;
         }
+        if head_complete(&tail[..*tail_len], new) {
+            this.state = State::Passthrough;
+            return result;
+        }
+        if !*armed {
+            *armed = true;
+            this.deadline
+                .as_mut()
+                .reset(Instant::now() + this.timeout);
+            // Register the timer with this task.
+            let _ = this.deadline.as_mut().poll(cx);
+        }
+        let mut joined = [0u8; 6];
+        let keep = new.len().min(3);
+        joined[..*tail_len].copy_from_slice(&tail[..*tail_len]);
+        joined[*tail_len..*tail_len + keep].copy_from_slice(&new[new.len() - keep..]);
+        let total = *tail_len + keep;
+        let start = total.saturating_sub(3);
+        let kept = total - start;
+        tail[..kept].copy_from_slice(&joined[start..total]);
+        *tail_len = kept;
         result
     }
 }

@@ -16,7 +16,9 @@ pub const STRICT_TRANSPORT_SECURITY: &str = "strict-transport-security";
 const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// A client's `X-Request-Id` if it is short and printable, else a new one.
-pub fn request_id(inbound: Option<&HeaderValue>) -> String {
+/// A `HeaderValue` so that setting it on the upstream request and on the
+/// response only bumps a reference count.
+pub fn request_id(inbound: Option<&HeaderValue>) -> HeaderValue {
     if let Some(value) = inbound {
         let bytes = value.as_bytes();
         let sane = !bytes.is_empty()
@@ -25,18 +27,27 @@ pub fn request_id(inbound: Option<&HeaderValue>) -> String {
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
         if sane {
-            if let Ok(text) = value.to_str() {
-                return text.to_owned();
-            }
+            return value.clone();
         }
     }
     new_request_id()
 }
 
 /// 128 random bits as 32 hex digits.
-pub fn new_request_id() -> String {
+pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let value: u128 = rand::random();
-    format!("{value:032x}")
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((value >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The request id as text, for logs and error bodies.
+pub fn request_id_str(id: &HeaderValue) -> &str {
+    id.to_str().unwrap_or("")
 }
 
 /// Whether `X-Forwarded-*` from this peer may be kept.
@@ -96,6 +107,7 @@ mod tests {
         let evil = HeaderValue::from_static("a b<script>");
         let replaced = request_id(Some(&evil));
         assert_eq!(replaced.len(), 32);
+        assert!(request_id_str(&replaced).bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(new_request_id(), new_request_id());
     }
 

@@ -134,6 +134,7 @@ pub fn run(valid: ValidConfig) -> Result<(), StartError> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace_period_seconds: Some(config.server.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: false,
         pid_file: runtime_dir.join("pid").display().to_string(),
         upgrade_sock: runtime_dir.join("upgrade.sock").display().to_string(),
         ..ServerConf::default()

@@ -39,7 +39,7 @@ pub struct Gateway {
 /// Per-request state.
 pub struct RequestCtx {
     snapshot: Arc<Snapshot>,
-    request_id: String,
+    request_id: http::HeaderValue,
     started: Instant,
     route: Option<usize>,
     pool: Option<usize>,
@@ -65,7 +65,7 @@ impl Gateway {
         error: GatewayError,
     ) -> Result<bool> {
         ctx.error = Some(error);
-        let (header, body) = error.response(&ctx.request_id)?;
+        let (header, body) = error.response(headers::request_id_str(&ctx.request_id))?;
         session.set_keepalive(None);
         session
             .write_response_header(Box::new(header), false)
@@ -123,7 +123,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             snapshot: self.snapshot.load_full(),
-            request_id: String::new(),
+            request_id: http::HeaderValue::from_static(""),
             started: Instant::now(),
             route: None,
             pool: None,
@@ -316,42 +316,46 @@ impl ProxyHttp for Gateway {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
 
         let client = client_ip(session);
         let trusted = headers::is_trusted(client, &ctx.snapshot.trusted_proxies);
-        let proto = if ctx.is_tls { "https" } else { "http" };
-        let host = request_host(session.req_header()).to_owned();
+        let host = request_host(session.req_header());
         if let Some(ip) = client {
-            let ip_text = ip.to_string();
+            let mut ip_buf = IpText::default();
+            let ip_text = ip_buf.format(ip);
             let xff = match upstream.headers.get(headers::X_FORWARDED_FOR) {
                 Some(existing) if trusted => {
-                    format!(
-                        "{}, {ip_text}",
-                        String::from_utf8_lossy(existing.as_bytes())
-                    )
+                    let mut joined = Vec::with_capacity(existing.len() + 2 + ip_text.len());
+                    joined.extend_from_slice(existing.as_bytes());
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(ip_text.as_bytes());
+                    http::HeaderValue::from_bytes(&joined)
                 }
-                _ => ip_text,
+                _ => http::HeaderValue::from_str(ip_text),
             };
-            upstream.insert_header(headers::X_FORWARDED_FOR, xff)?;
-            let element = headers::forwarded_element(ip, proto, Some(&host));
+            if let Ok(xff) = xff {
+                upstream.insert_header(headers::X_FORWARDED_FOR, xff)?;
+            }
+            let proto = if ctx.is_tls { "https" } else { "http" };
+            let element = headers::forwarded_element(ip, proto, Some(host));
             let forwarded = match upstream.headers.get(headers::FORWARDED) {
                 Some(existing) if trusted => {
-                    format!(
-                        "{}, {element}",
-                        String::from_utf8_lossy(existing.as_bytes())
-                    )
+                    format!("{}, {element}", String::from_utf8_lossy(existing.as_bytes()))
                 }
                 _ => element,
             };
             upstream.insert_header(headers::FORWARDED, forwarded)?;
         }
         if !(trusted && upstream.headers.contains_key(headers::X_FORWARDED_PROTO)) {
-            upstream.insert_header(headers::X_FORWARDED_PROTO, proto)?;
+            let proto = if ctx.is_tls { &HTTPS } else { &HTTP };
+            upstream.insert_header(headers::X_FORWARDED_PROTO, proto.clone())?;
         }
         let keep_host = trusted && upstream.headers.contains_key(headers::X_FORWARDED_HOST);
         if !keep_host && !host.is_empty() {
-            upstream.insert_header(headers::X_FORWARDED_HOST, host)?;
+            if let Ok(value) = http::HeaderValue::from_str(host) {
+                upstream.insert_header(headers::X_FORWARDED_HOST, value)?;
+            }
         }
         Ok(())
     }
@@ -411,7 +415,7 @@ impl ProxyHttp for Gateway {
         {
             response.insert_header(headers::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
-        response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        response.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -443,7 +447,7 @@ impl ProxyHttp for Gateway {
         // The response may already be under way (an upstream failing mid-body):
         // then there is nothing valid left to send.
         if let (None, Ok((header, body))) =
-            (session.response_written(), error.response(&ctx.request_id))
+            (session.response_written(), error.response(headers::request_id_str(&ctx.request_id)))
         {
             let _ = session.write_response_header(Box::new(header), false).await;
             let _ = session.write_response_body(Some(body), true).await;
@@ -474,7 +478,7 @@ impl ProxyHttp for Gateway {
         let pool = ctx.pool.and_then(|i| snapshot.pools.get(i));
         let line = AccessLine {
             time: access_log::now(),
-            request_id: &ctx.request_id,
+            request_id: headers::request_id_str(&ctx.request_id),
             listener: snapshot
                 .listeners
                 .get(self.listener)
@@ -500,6 +504,35 @@ impl ProxyHttp for Gateway {
             error: e.map(|e| e.etype().as_str().to_owned()),
         };
         access_log::write(&line);
+    }
+}
+
+static HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
+static HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
+
+/// Formats an IP address on the stack (no allocation per request); 48
+/// bytes hold the longest IPv6 text (45).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn format(&mut self, ip: IpAddr) -> &str {
+        use std::io::Write;
+        let mut cursor = std::io::Cursor::new(&mut self.buf[..]);
+        let _ = write!(cursor, "{ip}");
+        self.len = cursor.position() as usize;
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }
 
@@ -543,7 +576,7 @@ async fn redirect_to_https(session: &mut Session, ctx: &mut RequestCtx, port: u1
     let mut header = ResponseHeader::build(308, Some(3))?;
     header.insert_header(header::LOCATION, location)?;
     header.insert_header(header::CONTENT_LENGTH, "0")?;
-    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    header.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
     session
         .write_response_header(Box::new(header), true)
         .await?;
