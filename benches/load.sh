@@ -63,7 +63,8 @@ http {
 CONF
 }
 nginx_conf backend "$BACKEND_PORT" 'location / { return 200 "ok\n"; }'
-nginx_conf proxy "$NGINX_PORT" 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }'
+# nginx sets the same headers the gateway sets, so both do the same work.
+nginx_conf proxy "$NGINX_PORT" 'location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header Host $host; proxy_set_header X-Request-Id $request_id; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $host; proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\"$host\""; add_header X-Request-Id $request_id; }'
 
 cat > "$work/gateway.yaml" <<YAML
 listeners:
