@@ -8,6 +8,7 @@
 
 mod error;
 pub mod model;
+mod secret;
 pub mod units;
 mod validate;
 pub use validate::{check_path_template, resolve_path};
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigErrors, LoadError, Problem};
 pub use model::*;
+pub use secret::Secret;
 pub use units::{ByteSize, Duration};
 use yaml::{KeyPath, PathSegment, Span};
 

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
 use crate::units::{ByteSize, Duration};
 
 /// The whole configuration file.
@@ -31,6 +32,150 @@ pub struct FileConfig {
     /// Routes, matched by host, path, method and headers (see README for the precedence).
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// Token validation and the identity headers sent to backends.
+    #[serde(default)]
+    pub identity: Identity,
+}
+
+/// Who may call: token issuers and how identities reach backends.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Token issuers. Defaults to none (routes with `auth` then reject).
+    #[serde(default)]
+    pub providers: Vec<Provider>,
+    /// Upstream header → claim path (`sub`, `realm_access.roles`). Defaults
+    /// to `X-User-Id: sub`, `X-User-Roles: <the provider's roles_claim>`
+    /// when empty.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Header names and prefixes that only the gateway may set. Whatever a
+    /// client sends under them is removed on every route (also with auth
+    /// off), in any case and with `_` for `-`. Defaults to the names in
+    /// `headers` and the prefixes `X-User-` and `X-Auth-`.
+    #[serde(default)]
+    pub reserved_prefixes: Option<Vec<String>>,
+    /// Separator for arrays put into one header. Defaults to `,`.
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// Forward the client's `Authorization` header upstream. Defaults to false.
+    #[serde(default)]
+    pub forward_authorization: bool,
+    /// Verified tokens kept in memory. Defaults to 100000.
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: u64,
+}
+
+fn default_separator() -> String {
+    ",".to_owned()
+}
+const fn default_cache_entries() -> u64 {
+    100_000
+}
+
+/// An OAuth2/OIDC token issuer.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// Unique name, used by routes' `auth.providers`.
+    pub name: String,
+    /// The `iss` tokens must carry. Required.
+    pub issuer: String,
+    /// Where the signing keys are. Defaults to OIDC discovery:
+    /// `<issuer>/.well-known/openid-configuration` → `jwks_uri`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// A local JWKS file instead of fetching keys.
+    #[serde(default)]
+    pub jwks_file: Option<String>,
+    /// Accepted `aud` values; a token must name one. Required unless
+    /// `insecure_skip_audience` is set.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Accept tokens for any audience. Defaults to false.
+    #[serde(default)]
+    pub insecure_skip_audience: bool,
+    /// Allowed algorithms. Defaults to RS256, RS384, RS512, PS256, PS384,
+    /// PS512, ES256, ES384, EdDSA. `none` is never accepted; HS256 only
+    /// with `hmac_secret`.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS256/384/512 (use `${ENV}`). Defaults to none.
+    #[serde(default)]
+    pub hmac_secret: Option<Secret>,
+    /// Clock skew allowed for `exp`, `nbf`, `iat`. Defaults to 30s.
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+    /// Claims that must be present. Defaults to `exp` (always required) only.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Require the JWT `typ` header to be `at+jwt` (RFC 9068). Defaults to false.
+    #[serde(default)]
+    pub require_at_jwt: bool,
+    /// Claim path holding roles (array, or space-separated string such as
+    /// `scope`). Defaults to `roles`.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Background key refresh period. Defaults to 10m.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Duration,
+    /// Least time between two fetches caused by unknown `kid`s, so forged
+    /// kids cannot hammer the IdP. Defaults to 30s.
+    #[serde(default = "default_min_refetch")]
+    pub min_refetch_interval: Duration,
+    /// Timeout of a key fetch. Defaults to 3s.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Duration,
+    /// Longer tokens are rejected before parsing. Defaults to 8KiB.
+    #[serde(default = "default_max_token_size")]
+    pub max_token_size: ByteSize,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_roles_claim() -> String {
+    "roles".to_owned()
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_min_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_max_token_size() -> ByteSize {
+    ByteSize(8 * 1024)
+}
+
+/// Authentication and authorization of one route.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuth {
+    /// `none` (default), `optional` (identity headers when a valid token
+    /// comes; no token passes), or `required` (401 without a valid token).
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Providers accepted. Defaults to all.
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// The caller needs at least one of these roles (403 otherwise).
+    #[serde(default)]
+    pub roles_any: Vec<String>,
+    /// The caller needs all of these roles (403 otherwise).
+    #[serde(default)]
+    pub roles_all: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Optional,
+    Required,
 }
 
 /// One listening socket.
@@ -508,6 +653,9 @@ pub struct Route {
     /// read timeout. Defaults to the upstream's.
     #[serde(default)]
     pub timeout: Option<Duration>,
+    /// Token check and roles. Defaults to no authentication.
+    #[serde(default)]
+    pub auth: RouteAuth,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

@@ -83,6 +83,8 @@ impl<'a> Checker<'a> {
             self.upstream(&root().child_key("upstreams").child_key(name), upstream);
         }
 
+        self.identity(&config.identity);
+
         let mut route_names = HashSet::new();
         let routes = root().child_key("routes");
         for (i, route) in config.routes.iter().enumerate() {
@@ -94,6 +96,102 @@ impl<'a> Checker<'a> {
                 );
             }
             self.route(&at, route, config);
+        }
+    }
+
+    fn identity(&mut self, identity: &Identity) {
+        let at = root().child_key("identity");
+        let mut names = HashSet::new();
+        for (i, provider) in identity.providers.iter().enumerate() {
+            let p_at = at.child_key("providers").child_index(i);
+            if !names.insert(provider.name.as_str()) {
+                self.problem(
+                    p_at.child_key("name"),
+                    format!("duplicate provider name `{}`", provider.name),
+                );
+            }
+            if provider.issuer.is_empty() {
+                self.problem(p_at.child_key("issuer"), "must not be empty");
+            }
+            if provider.jwks_uri.is_some() && provider.jwks_file.is_some() {
+                self.problem(
+                    p_at.child_key("jwks_file"),
+                    "give `jwks_uri` or `jwks_file`, not both",
+                );
+            }
+            // Keys come from `jwks_uri`, `jwks_file`, or discovery at the issuer.
+            let fetched_from = match (&provider.jwks_uri, &provider.jwks_file) {
+                (Some(uri), _) => Some(("jwks_uri", uri.as_str())),
+                (None, None) => Some(("issuer", provider.issuer.as_str())),
+                (None, Some(_)) => None,
+            };
+            if let Some((key, uri)) = fetched_from {
+                if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                    self.problem(
+                        p_at.child_key(key),
+                        format!("`{uri}` must be an http(s) URL: keys are fetched from it"),
+                    );
+                }
+            }
+            if let Some(file) = &provider.jwks_file {
+                self.readable(p_at.child_key("jwks_file"), file);
+            }
+            if provider.audiences.is_empty() && !provider.insecure_skip_audience {
+                self.problem(
+                    p_at.child_key("audiences"),
+                    "at least one audience is required (or `insecure_skip_audience: true`)",
+                );
+            }
+            for (j, alg) in provider.algorithms.iter().enumerate() {
+                const KNOWN: [&str; 12] = [
+                    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                    "EdDSA", "HS256", "HS384", "HS512",
+                ];
+                if !KNOWN.contains(&alg.as_str()) {
+                    self.problem(
+                        p_at.child_key("algorithms").child_index(j),
+                        format!(
+                            "`{alg}` is not an accepted algorithm ({})",
+                            KNOWN.join(", ")
+                        ),
+                    );
+                } else if alg.starts_with("HS") && provider.hmac_secret.is_none() {
+                    self.problem(
+                        p_at.child_key("algorithms").child_index(j),
+                        format!("`{alg}` needs `hmac_secret`"),
+                    );
+                }
+            }
+            if provider
+                .hmac_secret
+                .as_ref()
+                .is_some_and(|s| s.expose().len() < 32)
+            {
+                self.problem(
+                    p_at.child_key("hmac_secret"),
+                    "an HMAC secret must be at least 32 bytes",
+                );
+            }
+            if provider.roles_claim.is_empty() {
+                self.problem(p_at.child_key("roles_claim"), "must not be empty");
+            }
+        }
+        for (name, claim) in &identity.headers {
+            let h_at = at.child_key("headers").child_key(name);
+            self.header_name(h_at.clone(), name);
+            if claim.is_empty() {
+                self.problem(h_at, "the claim path must not be empty");
+            }
+        }
+        if let Some(prefixes) = &identity.reserved_prefixes {
+            for (i, prefix) in prefixes.iter().enumerate() {
+                if prefix.len() < 3 {
+                    self.problem(
+                        at.child_key("reserved_prefixes").child_index(i),
+                        "too short: it would strip ordinary headers",
+                    );
+                }
+            }
         }
     }
 
@@ -217,6 +315,31 @@ impl<'a> Checker<'a> {
         }
         if !route.split.is_empty() && route.split.iter().all(|w| w.weight == 0) {
             self.problem(at.child_key("split"), "the weights must not all be zero");
+        }
+
+        let auth_at = at.child_key("auth");
+        for (i, provider) in route.auth.providers.iter().enumerate() {
+            if !config
+                .identity
+                .providers
+                .iter()
+                .any(|p| &p.name == provider)
+            {
+                self.problem(
+                    auth_at.child_key("providers").child_index(i),
+                    format!("unknown provider `{provider}`"),
+                );
+            }
+        }
+        let has_roles = !route.auth.roles_any.is_empty() || !route.auth.roles_all.is_empty();
+        if route.auth.mode == AuthMode::None && has_roles {
+            self.problem(auth_at.child_key("mode"), "roles need `mode: required`");
+        }
+        if route.auth.mode != AuthMode::None && config.identity.providers.is_empty() {
+            self.problem(
+                auth_at.child_key("mode"),
+                "needs at least one `identity.providers` entry",
+            );
         }
 
         let matcher_at = at.child_key("match");

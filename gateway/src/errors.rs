@@ -9,6 +9,10 @@ use pingora::http::ResponseHeader;
 pub enum GatewayError {
     #[error("no route matches this request")]
     NoRoute,
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("forbidden")]
+    Forbidden,
     #[error("no healthy upstream target")]
     NoHealthyTarget,
     #[error("upstream connection failed")]
@@ -33,6 +37,8 @@ impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
             GatewayError::NoRoute => 404,
+            GatewayError::Unauthorized => 401,
+            GatewayError::Forbidden => 403,
             GatewayError::NoHealthyTarget => 503,
             GatewayError::UpstreamConnect | GatewayError::UpstreamFailed => 502,
             GatewayError::UpstreamTimeout => 504,
@@ -49,6 +55,8 @@ impl GatewayError {
     pub fn from_status(status: u16) -> Self {
         match status {
             404 => GatewayError::NoRoute,
+            401 => GatewayError::Unauthorized,
+            403 => GatewayError::Forbidden,
             503 => GatewayError::NoHealthyTarget,
             504 => GatewayError::UpstreamTimeout,
             413 => GatewayError::BodyTooLarge,

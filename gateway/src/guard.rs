@@ -205,9 +205,7 @@ impl AsyncRead for HeadDeadline {
         }
         if !*armed {
             *armed = true;
-            this.deadline
-                .as_mut()
-                .reset(Instant::now() + this.timeout);
+            this.deadline.as_mut().reset(Instant::now() + this.timeout);
             // Register the timer with this task.
             let _ = this.deadline.as_mut().poll(cx);
         }

@@ -107,7 +107,9 @@ mod tests {
         let evil = HeaderValue::from_static("a b<script>");
         let replaced = request_id(Some(&evil));
         assert_eq!(replaced.len(), 32);
-        assert!(request_id_str(&replaced).bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(request_id_str(&replaced)
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit()));
         assert_ne!(new_request_id(), new_request_id());
     }
 

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod errors;
 pub mod guard;
 pub mod headers;

@@ -20,9 +20,10 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer, ALPN};
 use pingora::{Error, ErrorSource, ErrorType};
-use portcullis_config as config;
+use portcullis_config::{self as config, AuthMode};
 
 use crate::access_log::{self, AccessLine};
+use crate::auth::{self, AuthError, Identity};
 use crate::errors::GatewayError;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::metrics;
@@ -51,6 +52,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     error: Option<GatewayError>,
     is_tls: bool,
+    /// The verified caller, on routes with `auth`.
+    identity: Option<Arc<Identity>>,
 }
 
 fn status_error(error: GatewayError) -> Box<Error> {
@@ -64,8 +67,44 @@ impl Gateway {
         ctx: &mut RequestCtx,
         error: GatewayError,
     ) -> Result<bool> {
+        self.reject_with(session, ctx, error, None).await
+    }
+
+    /// 401 and 403 with the RFC 6750 `WWW-Authenticate` challenge.
+    async fn reject_auth(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: AuthError,
+    ) -> Result<bool> {
+        let (status, challenge) = match error {
+            AuthError::Missing => (GatewayError::Unauthorized, "Bearer realm=\"portcullis\"".to_owned()),
+            AuthError::Invalid(reason) => (
+                GatewayError::Unauthorized,
+                format!("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{reason}\""),
+            ),
+            AuthError::Forbidden => (
+                GatewayError::Forbidden,
+                "Bearer realm=\"portcullis\", error=\"insufficient_scope\"".to_owned(),
+            ),
+        };
+        let challenge = http::HeaderValue::from_str(&challenge).ok();
+        self.reject_with(session, ctx, status, challenge).await
+    }
+
+    async fn reject_with(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: GatewayError,
+        challenge: Option<http::HeaderValue>,
+    ) -> Result<bool> {
         ctx.error = Some(error);
-        let (header, body) = error.response(headers::request_id_str(&ctx.request_id))?;
+        let (mut header, body) = error.response(headers::request_id_str(&ctx.request_id))?;
+        if let Some(challenge) = challenge {
+            header.insert_header(http::header::WWW_AUTHENTICATE, challenge)?;
+        }
+        // A body the client is still sending is not read: close afterwards.
         session.set_keepalive(None);
         session
             .write_response_header(Box::new(header), false)
@@ -135,6 +174,7 @@ impl ProxyHttp for Gateway {
             body_bytes: 0,
             error: None,
             is_tls: false,
+            identity: None,
         }
     }
 
@@ -193,9 +233,32 @@ impl ProxyHttp for Gateway {
             return self.reject(session, ctx, GatewayError::NoRoute).await;
         };
         let route = matched.route;
-        ctx.route = Some(matched.route_index);
+        let route_index = matched.route_index;
+        ctx.route = Some(route_index);
         ctx.upstream_path = route.upstream_path(&matched, req.uri.path());
         let pool = route.pick_pool();
+        drop(host);
+
+        if let Some(policy) = snapshot.route_auth.get(route_index) {
+            if policy.mode != AuthMode::None {
+                let token = req
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(auth::bearer);
+                match token {
+                    None if policy.mode == AuthMode::Required => {
+                        return self.reject_auth(session, ctx, AuthError::Missing).await
+                    }
+                    None => {}
+                    Some(token) => match snapshot.auth.authenticate(token, policy).await {
+                        Ok(identity) if policy.allows(&identity) => ctx.identity = Some(identity),
+                        Ok(_) => return self.reject_auth(session, ctx, AuthError::Forbidden).await,
+                        Err(e) => return self.reject_auth(session, ctx, e).await,
+                    },
+                }
+            }
+        }
+
         ctx.pool = Some(pool);
         if let Some(pool) = snapshot.pools.get(pool) {
             pool.count_request();
@@ -299,6 +362,33 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Identity headers: only the gateway sets them. Strip whatever the
+        // client sent under a reserved name on every route and attempt,
+        // then set our own.
+        let auth = &ctx.snapshot.auth;
+        let spoofed: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|name| auth.is_reserved(name.as_str()))
+            .cloned()
+            .collect();
+        for name in &spoofed {
+            log::debug!("removed client-sent identity header `{name}`");
+            upstream.remove_header(name);
+        }
+        if let Some(identity) = &ctx.identity {
+            for (name, value) in &identity.headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        let route_has_auth = ctx
+            .route
+            .and_then(|i| ctx.snapshot.route_auth.get(i))
+            .is_some_and(|p| p.mode != AuthMode::None);
+        if route_has_auth && !auth.forward_authorization {
+            upstream.remove_header(&header::AUTHORIZATION);
+        }
+
         if let Some(path) = &ctx.upstream_path {
             let uri = match upstream.uri.query() {
                 Some(query) => format!("{path}?{query}"),
@@ -341,7 +431,10 @@ impl ProxyHttp for Gateway {
             let element = headers::forwarded_element(ip, proto, Some(host));
             let forwarded = match upstream.headers.get(headers::FORWARDED) {
                 Some(existing) if trusted => {
-                    format!("{}, {element}", String::from_utf8_lossy(existing.as_bytes()))
+                    format!(
+                        "{}, {element}",
+                        String::from_utf8_lossy(existing.as_bytes())
+                    )
                 }
                 _ => element,
             };
@@ -446,9 +539,10 @@ impl ProxyHttp for Gateway {
         }
         // The response may already be under way (an upstream failing mid-body):
         // then there is nothing valid left to send.
-        if let (None, Ok((header, body))) =
-            (session.response_written(), error.response(headers::request_id_str(&ctx.request_id)))
-        {
+        if let (None, Ok((header, body))) = (
+            session.response_written(),
+            error.response(headers::request_id_str(&ctx.request_id)),
+        ) {
             let _ = session.write_response_header(Box::new(header), false).await;
             let _ = session.write_response_body(Some(body), true).await;
         }

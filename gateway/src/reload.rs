@@ -13,9 +13,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use portcullis_config::{self as config, ValidConfig};
 
+use crate::auth::KeyRegistry;
 use crate::metrics::metrics;
 use crate::snapshot::{CompileError, SharedSnapshot, Snapshot};
-use crate::upstream::{spawn_pool_tasks, PoolRegistry};
+use crate::upstream::PoolRegistry;
 
 /// How often the config file is checked for changes.
 const WATCH_POLL: Duration = Duration::from_secs(1);
@@ -36,6 +37,7 @@ pub struct Reloader {
     path: PathBuf,
     shared: SharedSnapshot,
     registry: PoolRegistry,
+    keys: KeyRegistry,
     runtime: tokio::runtime::Handle,
     generation: AtomicU64,
     /// One reload at a time: two triggers at once must not interleave.
@@ -81,14 +83,14 @@ impl Reloader {
         runtime: tokio::runtime::Handle,
     ) -> Result<Reloader, CompileError> {
         let registry = PoolRegistry::default();
-        let (snapshot, new_pools) = Snapshot::compile(valid.clone(), &registry, 1)?;
-        for pool in &new_pools {
-            spawn_pool_tasks(pool, &runtime);
-        }
+        let keys = KeyRegistry::default();
+        let (snapshot, new_parts) = Snapshot::compile(valid.clone(), &registry, &keys, 1)?;
+        new_parts.start(&runtime);
         Ok(Reloader {
             path: valid.source.clone(),
             shared: Arc::new(ArcSwap::from_pointee(snapshot)),
             registry,
+            keys,
             runtime,
             generation: AtomicU64::new(1),
             lock: Mutex::new(()),
@@ -137,10 +139,9 @@ impl Reloader {
             ));
         }
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let (snapshot, new_pools) = Snapshot::compile(valid, &self.registry, generation)?;
-        for pool in &new_pools {
-            spawn_pool_tasks(pool, &self.runtime);
-        }
+        let (snapshot, new_parts) =
+            Snapshot::compile(valid, &self.registry, &self.keys, generation)?;
+        new_parts.start(&self.runtime);
         self.shared.store(Arc::new(snapshot));
         self.generation.store(generation, Ordering::SeqCst);
         Ok(generation)

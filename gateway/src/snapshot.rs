@@ -8,6 +8,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 use portcullis_config::{self as config, ValidConfig};
 
+use crate::auth::{Authenticator, KeyError, KeyRegistry, ProviderKeys, RoutePolicy};
 use crate::metrics::{metrics, RouteMetrics};
 use crate::routing::{RouteError, Router};
 use crate::upstream::{Pool, PoolRegistry};
@@ -39,6 +40,10 @@ pub struct Snapshot {
     pub limits: Limits,
     pub trusted_proxies: Vec<IpNet>,
     pub access_log: bool,
+    /// Token validation, identity headers and the reserved header names.
+    pub auth: Authenticator,
+    /// Authentication and roles per route (same index as the router's routes).
+    pub route_auth: Vec<RoutePolicy>,
     /// Metric series per route (same index as the router's routes).
     pub route_metrics: Vec<RouteMetrics>,
     /// Series for requests answered before a route was found.
@@ -49,20 +54,40 @@ pub struct Snapshot {
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
+/// What a compile created that needs background tasks.
+pub struct NewParts {
+    pub pools: Vec<Arc<Pool>>,
+    pub keys: Vec<Arc<ProviderKeys>>,
+}
+
+impl NewParts {
+    pub fn start(&self, runtime: &tokio::runtime::Handle) {
+        for pool in &self.pools {
+            crate::upstream::spawn_pool_tasks(pool, runtime);
+        }
+        for keys in &self.keys {
+            keys.spawn_refresh(runtime);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("identity provider keys: {0}")]
+    Keys(#[from] KeyError),
 }
 
 impl Snapshot {
-    /// Compiles a validated config. New pools (or changed ones) are returned
-    /// so the caller can start their health and DNS tasks.
+    /// Compiles a validated config. New pools and key sets (or changed
+    /// ones) are returned so the caller can start their background tasks.
     pub fn compile(
         valid: Arc<ValidConfig>,
         registry: &PoolRegistry,
+        keys: &KeyRegistry,
         generation: u64,
-    ) -> Result<(Snapshot, Vec<Arc<Pool>>), CompileError> {
+    ) -> Result<(Snapshot, NewParts), CompileError> {
         let config = &valid.config;
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut new_pools = Vec::new();
@@ -78,6 +103,12 @@ impl Snapshot {
             names.iter().position(|n| *n == name)
         })?;
         registry.retain(&names);
+        let (auth, new_keys) = Authenticator::compile(&config.identity, keys, &valid.source)?;
+        let route_auth = config
+            .routes
+            .iter()
+            .map(|r| RoutePolicy::compile(&r.auth, &config.identity.providers))
+            .collect();
         let listeners = config.listeners.iter().map(listener_policy).collect();
         let limits = &config.server.limits;
         Ok((
@@ -94,6 +125,8 @@ impl Snapshot {
                     keepalive_seconds: limits.keepalive_timeout.0.as_secs(),
                 },
                 trusted_proxies: config.server.trusted_proxies.clone(),
+                auth,
+                route_auth,
                 route_metrics: router
                     .routes()
                     .iter()
@@ -104,7 +137,10 @@ impl Snapshot {
                 router,
                 config: valid.clone(),
             },
-            new_pools,
+            NewParts {
+                pools: new_pools,
+                keys: new_keys,
+            },
         ))
     }
 }

@@ -1,0 +1,550 @@
+//! Tokens to identity: bearer JWT validation (keys from JWKS), a cache of
+//! verified tokens, identity headers for backends, and RBAC per route.
+//!
+//! A cache hit costs one hash lookup on the whole token (never a hash of
+//! it, so two tokens cannot share an entry) and no signature check; entries
+//! expire at the token's `exp`.
+
+mod claims;
+mod keys;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use portcullis_config as config;
+
+pub use claims::{claim_to_header_value, lookup_claim};
+pub use keys::{parse_jwks, Family, KeyError, ProviderKeys};
+
+/// Why a request is not let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(&'static str),
+    #[error("the caller lacks a required role")]
+    Forbidden,
+}
+
+/// A verified caller.
+#[derive(Debug)]
+pub struct Identity {
+    pub provider: usize,
+    pub subject: Option<String>,
+    pub roles: Vec<String>,
+    /// The identity headers for backends, built once per token.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// A route's authentication and roles, compiled.
+#[derive(Debug, Default)]
+pub struct RoutePolicy {
+    pub mode: config::AuthMode,
+    /// Indices of accepted providers; empty = all.
+    providers: Vec<usize>,
+    roles_any: Vec<String>,
+    roles_all: Vec<String>,
+}
+
+impl RoutePolicy {
+    pub fn compile(auth: &config::RouteAuth, providers: &[config::Provider]) -> RoutePolicy {
+        RoutePolicy {
+            mode: auth.mode,
+            providers: auth
+                .providers
+                .iter()
+                .filter_map(|name| providers.iter().position(|p| &p.name == name))
+                .collect(),
+            roles_any: auth.roles_any.clone(),
+            roles_all: auth.roles_all.clone(),
+        }
+    }
+
+    /// RBAC: every role of `roles_all`, and one of `roles_any` if given.
+    pub fn allows(&self, identity: &Identity) -> bool {
+        let has = |role: &String| identity.roles.iter().any(|r| r == role);
+        self.roles_all.iter().all(has)
+            && (self.roles_any.is_empty() || self.roles_any.iter().any(has))
+    }
+
+    fn accepts_provider(&self, provider: usize) -> bool {
+        self.providers.is_empty() || self.providers.contains(&provider)
+    }
+}
+
+struct CompiledProvider {
+    issuer: String,
+    keys: Arc<ProviderKeys>,
+    algorithms: Vec<Algorithm>,
+    /// One validation per algorithm: jsonwebtoken checks the alg against it.
+    validations: HashMap<Algorithm, Validation>,
+    hmac: Option<DecodingKey>,
+    max_token_size: usize,
+    require_at_jwt: bool,
+    required_claims: Vec<String>,
+    roles_claim: String,
+}
+
+/// Which claims become which upstream headers.
+struct HeaderMapping {
+    name: HeaderName,
+    claim: String,
+}
+
+/// The pseudo-claim that stands for the provider's roles.
+pub const ROLES_CLAIM: &str = "@roles";
+
+/// The per-config authenticator.
+pub struct Authenticator {
+    providers: Vec<CompiledProvider>,
+    mapping: Vec<HeaderMapping>,
+    reserved_names: Vec<String>,
+    reserved_prefixes: Vec<String>,
+    separator: String,
+    pub forward_authorization: bool,
+    cache: moka::sync::Cache<Arc<str>, Arc<Identity>>,
+    largest_token: usize,
+}
+
+struct ExpireAtExp;
+
+impl moka::Expiry<Arc<str>, Arc<Identity>> for ExpireAtExp {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<Identity>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            value.expires_at.saturating_sub(now_secs()),
+        ))
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Provider key sets that outlive reloads, by name and definition.
+#[derive(Default)]
+pub struct KeyRegistry {
+    entries: Mutex<Vec<(String, String, Arc<ProviderKeys>)>>,
+}
+
+impl KeyRegistry {
+    /// The key set for a provider; a new one (to be refreshed by the
+    /// caller) when the definition changed.
+    pub fn get_or_create(
+        &self,
+        spec: &config::Provider,
+        source: &std::path::Path,
+    ) -> Result<(Arc<ProviderKeys>, bool), KeyError> {
+        let fingerprint = format!(
+            "{:?}{:?}{}{:?}{:?}{:?}",
+            spec.jwks_uri,
+            spec.jwks_file,
+            spec.issuer,
+            spec.min_refetch_interval,
+            spec.jwks_refresh,
+            spec.fetch_timeout
+        );
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, keys)) = entries
+            .iter()
+            .find(|(n, f, _)| *n == spec.name && *f == fingerprint)
+        {
+            return Ok((keys.clone(), false));
+        }
+        let keys = Arc::new(ProviderKeys::new(spec, source)?);
+        entries.retain(|(n, _, _)| *n != spec.name);
+        entries.push((spec.name.clone(), fingerprint, keys.clone()));
+        Ok((keys, true))
+    }
+}
+
+impl Authenticator {
+    /// Compiles the `identity` section. New key sets are returned so the
+    /// caller can start their refresh.
+    pub fn compile(
+        identity: &config::Identity,
+        registry: &KeyRegistry,
+        source: &std::path::Path,
+    ) -> Result<(Authenticator, Vec<Arc<ProviderKeys>>), KeyError> {
+        let mut providers = Vec::new();
+        let mut new_keys = Vec::new();
+        for spec in &identity.providers {
+            let (keys, created) = registry.get_or_create(spec, source)?;
+            if created {
+                new_keys.push(keys.clone());
+            }
+            let mut algorithms: Vec<Algorithm> = spec
+                .algorithms
+                .iter()
+                .filter_map(|a| a.parse::<Algorithm>().ok())
+                .collect();
+            if algorithms.is_empty() {
+                algorithms = DEFAULT_ALGORITHMS.to_vec();
+                if spec.hmac_secret.is_some() {
+                    algorithms.push(Algorithm::HS256);
+                }
+            }
+            let validations = algorithms
+                .iter()
+                .map(|alg| {
+                    let mut v = Validation::new(*alg);
+                    v.leeway = spec.leeway.0.as_secs();
+                    v.validate_nbf = true;
+                    v.set_issuer(&[spec.issuer.as_str()]);
+                    if spec.insecure_skip_audience {
+                        v.validate_aud = false;
+                    } else {
+                        v.set_audience(&spec.audiences);
+                    }
+                    v.set_required_spec_claims(&["exp"]);
+                    (*alg, v)
+                })
+                .collect();
+            providers.push(CompiledProvider {
+                issuer: spec.issuer.clone(),
+                keys,
+                algorithms,
+                validations,
+                hmac: spec
+                    .hmac_secret
+                    .as_ref()
+                    .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+                max_token_size: usize::try_from(spec.max_token_size.0).unwrap_or(usize::MAX),
+                require_at_jwt: spec.require_at_jwt,
+                required_claims: spec.required_claims.clone(),
+                roles_claim: spec.roles_claim.clone(),
+            });
+        }
+        let mapping: Vec<HeaderMapping> = if identity.headers.is_empty() {
+            vec![
+                HeaderMapping {
+                    name: HeaderName::from_static("x-user-id"),
+                    claim: "sub".into(),
+                },
+                HeaderMapping {
+                    name: HeaderName::from_static("x-user-roles"),
+                    claim: ROLES_CLAIM.into(),
+                },
+            ]
+        } else {
+            identity
+                .headers
+                .iter()
+                .filter_map(|(name, claim)| {
+                    Some(HeaderMapping {
+                        name: HeaderName::from_bytes(name.as_bytes()).ok()?,
+                        claim: claim.clone(),
+                    })
+                })
+                .collect()
+        };
+        let reserved_prefixes = identity
+            .reserved_prefixes
+            .clone()
+            .unwrap_or_else(|| vec!["x-user-".into(), "x-auth-".into()])
+            .iter()
+            .map(|p| normalise_name(p))
+            .collect();
+        let reserved_names = mapping
+            .iter()
+            .map(|m| normalise_name(m.name.as_str()))
+            .collect();
+        let largest_token = providers
+            .iter()
+            .map(|p| p.max_token_size)
+            .max()
+            .unwrap_or(0);
+        Ok((
+            Authenticator {
+                providers,
+                mapping,
+                reserved_names,
+                reserved_prefixes,
+                separator: identity.separator.clone(),
+                forward_authorization: identity.forward_authorization,
+                cache: moka::sync::Cache::builder()
+                    .max_capacity(identity.cache_entries)
+                    .expire_after(ExpireAtExp)
+                    .build(),
+                largest_token,
+            },
+            new_keys,
+        ))
+    }
+
+    /// Whether a header name is one only the gateway may set: matched
+    /// case-insensitively and with `_` read as `-`, because some servers
+    /// (CGI, nginx with underscores_in_headers) treat them as the same.
+    pub fn is_reserved(&self, name: &str) -> bool {
+        let matches = |candidate: &str, reserved: &str, prefix: bool| {
+            if prefix && candidate.len() < reserved.len() {
+                return false;
+            }
+            if !prefix && candidate.len() != reserved.len() {
+                return false;
+            }
+            candidate
+                .bytes()
+                .zip(reserved.bytes())
+                .all(|(c, r)| normalise_byte(c) == r)
+        };
+        self.reserved_names.iter().any(|r| matches(name, r, false))
+            || self
+                .reserved_prefixes
+                .iter()
+                .any(|r| matches(name, r, true))
+    }
+
+    /// Verifies a bearer token for a route: from the cache, or by signature
+    /// and claims (fetching keys for an unknown `kid` within limits).
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        policy: &RoutePolicy,
+    ) -> Result<Arc<Identity>, AuthError> {
+        if let Some(identity) = self.cache.get(token) {
+            if identity.expires_at >= now_secs() && policy.accepts_provider(identity.provider) {
+                return Ok(identity);
+            }
+            if !policy.accepts_provider(identity.provider) {
+                return Err(AuthError::Invalid("issuer not accepted on this route"));
+            }
+        }
+        let identity = Arc::new(self.verify(token, policy).await?);
+        self.cache.insert(Arc::from(token), identity.clone());
+        Ok(identity)
+    }
+
+    async fn verify(&self, token: &str, policy: &RoutePolicy) -> Result<Identity, AuthError> {
+        if token.len() > self.largest_token {
+            return Err(AuthError::Invalid("token too large"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header_b64), Some(payload_b64), Some(_signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Invalid("not a JWS compact token"));
+        };
+        let header = decode_json(header_b64).ok_or(AuthError::Invalid("malformed header"))?;
+        // A critical extension we do not implement must fail (RFC 7515 §4.1.11).
+        if header.contains_key("crit") {
+            return Err(AuthError::Invalid("unsupported critical header"));
+        }
+        let alg = header
+            .get("alg")
+            .and_then(|a| a.as_str())
+            .and_then(|a| a.parse::<Algorithm>().ok())
+            .ok_or(AuthError::Invalid("unsupported algorithm"))?;
+        let kid = match header.get("kid") {
+            None => None,
+            Some(serde_json::Value::String(kid)) if kid.len() <= 256 => Some(kid.as_str()),
+            Some(_) => return Err(AuthError::Invalid("malformed kid")),
+        };
+        let payload = decode_json(payload_b64).ok_or(AuthError::Invalid("malformed payload"))?;
+        let issuer = payload
+            .get("iss")
+            .and_then(|i| i.as_str())
+            .ok_or(AuthError::Invalid("no issuer"))?;
+        let (index, provider) = self
+            .providers
+            .iter()
+            .enumerate()
+            .find(|(i, p)| p.issuer == issuer && policy.accepts_provider(*i))
+            .ok_or(AuthError::Invalid("unknown issuer"))?;
+        if token.len() > provider.max_token_size {
+            return Err(AuthError::Invalid("token too large"));
+        }
+        if !provider.algorithms.contains(&alg) {
+            return Err(AuthError::Invalid("algorithm not allowed"));
+        }
+        let validation = provider
+            .validations
+            .get(&alg)
+            .ok_or(AuthError::Invalid("algorithm not allowed"))?;
+        let claims = match Family::for_alg(alg) {
+            None => {
+                let key = provider
+                    .hmac
+                    .as_ref()
+                    .ok_or(AuthError::Invalid("algorithm not allowed"))?;
+                decode(token, key, validation)?
+            }
+            Some(family) => {
+                let key = self.find_key(provider, kid, family, alg).await?;
+                decode(token, &key.key, validation)?
+            }
+        };
+        if provider.require_at_jwt {
+            let typ = header.get("typ").and_then(|t| t.as_str()).unwrap_or("");
+            if !typ.eq_ignore_ascii_case("at+jwt")
+                && !typ.eq_ignore_ascii_case("application/at+jwt")
+            {
+                return Err(AuthError::Invalid("typ is not at+jwt"));
+            }
+        }
+        for claim in &provider.required_claims {
+            if lookup_claim(&claims, claim).is_none() {
+                return Err(AuthError::Invalid("a required claim is missing"));
+            }
+        }
+        let expires_at = claims
+            .get("exp")
+            .and_then(|e| e.as_u64())
+            .ok_or(AuthError::Invalid("no exp"))?;
+        let roles = claims::roles(&claims, &provider.roles_claim);
+        let subject = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        let headers = self
+            .mapping
+            .iter()
+            .filter_map(|m| {
+                let value = if m.claim == ROLES_CLAIM {
+                    HeaderValue::from_str(&claims::sanitise(&roles.join(&self.separator))).ok()
+                } else {
+                    claim_to_header_value(lookup_claim(&claims, &m.claim)?, &self.separator)
+                }?;
+                Some((m.name.clone(), value))
+            })
+            .collect();
+        Ok(Identity {
+            provider: index,
+            subject,
+            roles,
+            headers,
+            expires_at,
+        })
+    }
+
+    async fn find_key(
+        &self,
+        provider: &CompiledProvider,
+        kid: Option<&str>,
+        family: Family,
+        alg: Algorithm,
+    ) -> Result<Arc<keys::VerifyKey>, AuthError> {
+        let usable =
+            |key: &Arc<keys::VerifyKey>| key.family == family && key.alg.is_none_or(|a| a == alg);
+        match kid {
+            Some(kid) => {
+                if let Some(key) = provider.keys.table().by_kid.get(kid) {
+                    return usable(key)
+                        .then(|| key.clone())
+                        .ok_or(AuthError::Invalid("key does not match the algorithm"));
+                }
+                provider.keys.refetch_for_unknown_kid(kid).await;
+                let table = provider.keys.table();
+                let key = table
+                    .by_kid
+                    .get(kid)
+                    .ok_or(AuthError::Invalid("unknown key"))?;
+                usable(key)
+                    .then(|| key.clone())
+                    .ok_or(AuthError::Invalid("key does not match the algorithm"))
+            }
+            None => {
+                let table = provider.keys.table();
+                let candidates: Vec<_> = table.without_kid.iter().filter(|k| usable(k)).collect();
+                match candidates.as_slice() {
+                    [only] => Ok((*only).clone()),
+                    // Several keys and no kid: refuse rather than try each.
+                    _ => Err(AuthError::Invalid("no kid and no single matching key")),
+                }
+            }
+        }
+    }
+
+    /// Providers' key sets, for the readiness of `/config` and tests.
+    pub fn provider_count(&self) -> usize {
+        self.providers.len()
+    }
+}
+
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+    use jsonwebtoken::errors::ErrorKind;
+    jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|e| {
+            AuthError::Invalid(match e.kind() {
+                ErrorKind::ExpiredSignature => "expired",
+                ErrorKind::ImmatureSignature => "not valid yet",
+                ErrorKind::InvalidIssuer => "wrong issuer",
+                ErrorKind::InvalidAudience => "wrong audience",
+                ErrorKind::InvalidSignature => "bad signature",
+                ErrorKind::MissingRequiredClaim(_) => "a required claim is missing",
+                ErrorKind::InvalidAlgorithm => "algorithm does not match the key",
+                _ => "rejected",
+            })
+        })
+}
+
+/// Most bytes of a decoded header or payload we look at.
+const MAX_SEGMENT: usize = 64 * 1024;
+
+fn decode_json(segment: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    if segment.len() > MAX_SEGMENT {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
+        serde_json::Value::Object(map) => Some(map),
+        _ => None,
+    }
+}
+
+fn normalise_byte(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+fn normalise_name(name: &str) -> String {
+    name.bytes().map(|b| normalise_byte(b) as char).collect()
+}
+
+/// The bearer token of an `Authorization` header (RFC 6750 §2.1).
+pub fn bearer(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests;
