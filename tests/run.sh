@@ -9,6 +9,11 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 # pingora's dependency tree builds zlib-ng with cmake.
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# The JWT tests sign with a 1024-bit key through openssl; the OpenID
+# Provider tests run panva/oidc-provider on Node.js.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
@@ -17,6 +22,8 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+
+npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -6,6 +6,7 @@ mod cli;
 mod health;
 mod lifecycle;
 mod limits;
+mod oidc;
 mod protocols;
 mod routing;
 mod support;

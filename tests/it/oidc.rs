@@ -1,0 +1,136 @@
+//! Against a real third-party OpenID Provider: panva/oidc-provider from npm
+//! (tests/oidc), issuing RS256 and ES256 JWT access tokens by the client
+//! credentials grant. Keys come by OIDC discovery.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{client, eventually, free_port, Backend, Echo, Gateway};
+
+const CLIENT_ID: &str = "orders-service";
+const CLIENT_SECRET: &str = "a-test-secret-that-is-only-used-on-loopback";
+
+struct OpenIdProvider {
+    child: Child,
+    issuer: String,
+}
+
+impl OpenIdProvider {
+    async fn start() -> OpenIdProvider {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
+        assert!(
+            std::path::Path::new(dir)
+                .join("node_modules/oidc-provider")
+                .exists(),
+            "run `npm ci --prefix tests/oidc` first (tests/run.sh does)"
+        );
+        let port = free_port();
+        let child = Command::new("node")
+            .arg("provider.mjs")
+            .arg(port.to_string())
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node");
+        let issuer = format!("http://127.0.0.1:{port}");
+        let discovery = format!("{issuer}/.well-known/openid-configuration");
+        let up = eventually(Duration::from_secs(20), || async {
+            client()
+                .get(&discovery)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(up, "oidc-provider did not start");
+        OpenIdProvider { child, issuer }
+    }
+
+    async fn token(&self, resource: &str, scope: &str) -> String {
+        let response: serde_json::Value = client()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("resource", resource),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        response["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {response}"))
+            .to_owned()
+    }
+}
+
+impl Drop for OpenIdProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn header_alg(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    json["alg"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_provider_tokens_pass_with_identity_headers() {
+    let op = OpenIdProvider::start().await;
+    let echo = Backend::start("orders").await;
+    let config = format!(
+        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - {{ name: op, issuer: '{}', audiences: [api], roles_claim: scope, require_at_jwt: true }}\n  headers:\n    X-User-Id: sub\n    X-Client-Id: client_id\n    X-User-Scopes: scope\nupstreams:\n  orders: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: read, match: {{ path_prefix: /orders, methods: [GET] }}, upstream: orders, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n  - {{ name: write, match: {{ path_prefix: /orders }}, upstream: orders, auth: {{ mode: required, roles_all: ['orders:write'] }} }}\n",
+        op.issuer, echo.addr
+    );
+    let gateway = Gateway::start(&config).await;
+
+    let rs = op.token("urn:api:rs", "orders:read").await;
+    assert_eq!(header_alg(&rs), "RS256");
+    let es = op.token("urn:api:es", "orders:read orders:write").await;
+    assert_eq!(header_alg(&es), "ES256");
+
+    let response = client()
+        .get(gateway.url("/orders/42"))
+        .bearer_auth(&rs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Echo = response.json().await.unwrap();
+    assert_eq!(seen.headers["x-user-id"], CLIENT_ID);
+    assert_eq!(seen.headers["x-client-id"], CLIENT_ID);
+    assert_eq!(seen.headers["x-user-scopes"], "orders:read");
+
+    let forbidden = client()
+        .post(gateway.url("/orders"))
+        .bearer_auth(&rs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+
+    let allowed = client()
+        .post(gateway.url("/orders"))
+        .bearer_auth(&es)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    let seen: Echo = allowed.json().await.unwrap();
+    assert_eq!(seen.headers["x-user-scopes"], "orders:read orders:write");
+
+    let anonymous = client().get(gateway.url("/orders/1")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+}
