@@ -20,6 +20,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
@@ -41,6 +43,17 @@ proxy_core=$((cores - 1))
 other_cores="0-$((cores > 1 ? cores - 2 : 0))"
 
 BACKEND_PORT=$(free_port); NGINX_PORT=$(free_port); GATEWAY_PORT=$(free_port); ADMIN_PORT=$(free_port)
+HAPROXY_PORT=$(free_port); AUTH_PORT=$(free_port); AUTH_ADMIN_PORT=$(free_port)
+FIXTURES=$PWD/tests/fixtures/jwt
+
+# An RS256 access token from the test fixture key, valid for an hour.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+now=$(date +%s)
+jwt_header=$(printf '{"alg":"RS256","typ":"JWT","kid":"rsa-a"}' | b64url)
+jwt_payload=$(printf '{"iss":"https://sso.example.com","aud":"api","sub":"bench-user","email":"bench@example.com","exp":%d,"iat":%d,"realm_access":{"roles":["orders-reader"]}}' $((now + 3600)) "$now" | b64url)
+jwt_signature=$(printf '%s.%s' "$jwt_header" "$jwt_payload" | openssl dgst -sha256 -sign "$FIXTURES/rsa-a.pem" | b64url)
+TOKEN="$jwt_header.$jwt_payload.$jwt_signature"
+python3 -c "import json; k=json.load(open('$FIXTURES/public-jwks.json')); json.dump({'keys':[k['rsa-a']]}, open('$work/jwks.json','w'))"
 
 nginx_conf() { # name port body
   mkdir -p "$work/$1"
@@ -77,21 +90,73 @@ routes:
   - { name: all, upstream: backend }
 YAML
 
+cat > "$work/gateway-auth.yaml" <<YAML
+listeners:
+  - { name: plain, address: '127.0.0.1:$AUTH_PORT' }
+admin: { address: '127.0.0.1:$AUTH_ADMIN_PORT' }
+server: { threads: 1, access_log: false }
+identity:
+  providers:
+    - { name: sso, issuer: 'https://sso.example.com', jwks_file: '$work/jwks.json', audiences: [api], roles_claim: realm_access.roles }
+  headers: { X-User-Id: sub, X-User-Email: email, X-User-Roles: realm_access.roles }
+upstreams:
+  backend: { targets: [ '127.0.0.1:$BACKEND_PORT' ] }
+routes:
+  - { name: all, upstream: backend, auth: { mode: required, roles_any: [orders-reader] } }
+YAML
+
+# HAProxy verifies the same token on every request (it has no cache) and
+# sets the same headers.
+cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  http-request deny unless { req.hdr(authorization) -m found }
+  http-request set-var(txn.bearer) http_auth_bearer
+  http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('\$.alg')
+  http-request deny unless { var(txn.alg) -m str RS256 }
+  http-request deny unless { var(txn.bearer),jwt_verify(txn.alg,"$FIXTURES/rsa-a.pub.pem") -m int 1 }
+  http-request set-header X-User-Id %[var(txn.bearer),jwt_payload_query('\$.sub')]
+  http-request set-header X-Request-Id %[uuid]
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:$BACKEND_PORT
+CFG
+
 taskset -c "$other_cores" "$NGINX" -p "$work/backend" -c "$work/backend/nginx.conf" & pids+=($!)
 taskset -c "$proxy_core" "$NGINX" -p "$work/proxy" -c "$work/proxy/nginx.conf" & nginx_pid=$!; pids+=($nginx_pid)
 RUST_LOG=warn taskset -c "$proxy_core" "$BIN" gateway -c "$work/gateway.yaml" >/dev/null 2>"$work/gateway.err" & gateway_pid=$!; pids+=($gateway_pid)
+RUST_LOG=warn taskset -c "$proxy_core" "$BIN" gateway -c "$work/gateway-auth.yaml" >/dev/null 2>"$work/gateway-auth.err" & auth_pid=$!; pids+=($auth_pid)
+taskset -c "$proxy_core" haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
 
-for port in "$BACKEND_PORT" "$NGINX_PORT" "$GATEWAY_PORT"; do
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.1; done
+for port in "$BACKEND_PORT" "$NGINX_PORT" "$GATEWAY_PORT" "$AUTH_PORT" "$HAPROXY_PORT"; do
+  for _ in $(seq 100); do
+    curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/" >/dev/null && break
+    sleep 0.1
+  done
+done
+for port in "$AUTH_PORT" "$HAPROXY_PORT"; do
+  # Both must refuse a request without the token, or the comparison is void.
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
+  [ "$code" = 401 ] || [ "$code" = 403 ] || { echo "port $port accepted a request without token ($code)"; exit 1; }
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-run() { # label port pid
+run() { # label port pid [header]
   local before after out rps p99 reqs cpu_us
   [ -n "$3" ] && before=$(cpu_ticks "$3")
-  out=$(taskset -c "$other_cores" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$2/")
+  out=$(taskset -c "$other_cores" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency ${4:+-H "$4"} "http://127.0.0.1:$2/")
   [ -n "$3" ] && after=$(cpu_ticks "$3")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
@@ -110,3 +175,5 @@ printf '%-22s %12s %10s %16s\n' target req/s p99 "proxy CPU us/req"
 run "backend (direct)" "$BACKEND_PORT" ""
 run "nginx reverse proxy" "$NGINX_PORT" "$nginx_pid"
 run "portcullis gateway" "$GATEWAY_PORT" "$gateway_pid"
+run "haproxy + jwt_verify" "$HAPROXY_PORT" "$haproxy_pid" "Authorization: Bearer $TOKEN"
+run "portcullis + JWT/RBAC" "$AUTH_PORT" "$auth_pid" "Authorization: Bearer $TOKEN"
