@@ -129,6 +129,49 @@ pub struct Provider {
     /// Longer tokens are rejected before parsing. Defaults to 8KiB.
     #[serde(default = "default_max_token_size")]
     pub max_token_size: ByteSize,
+    /// Opaque (non-JWT) tokens are checked with RFC 7662 introspection.
+    /// Defaults to off: opaque tokens are rejected.
+    #[serde(default)]
+    pub introspection: Option<Introspection>,
+}
+
+/// RFC 7662 token introspection for opaque tokens.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    /// Defaults to the discovery document's `introspection_endpoint`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The gateway's client id at the IdP (HTTP Basic authentication).
+    pub client_id: String,
+    /// Its secret; write `${ENV_VAR}`.
+    pub client_secret: Secret,
+    /// Longest time an active answer is reused (never past the token's
+    /// `exp`). Defaults to 5m.
+    #[serde(default = "default_introspection_ttl")]
+    pub max_ttl: Duration,
+    /// How long an inactive answer is reused. Defaults to 10s.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_ttl: Duration,
+    /// When the IdP cannot be asked (down, slow, error): `unavailable`
+    /// answers 503, `reject` answers 401. Defaults to `unavailable`.
+    #[serde(default)]
+    pub on_error: IntrospectionFailure,
+}
+
+fn default_introspection_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IntrospectionFailure {
+    #[default]
+    Unavailable,
+    Reject,
 }
 
 fn default_leeway() -> Duration {

@@ -13,6 +13,8 @@ pub enum GatewayError {
     Unauthorized,
     #[error("forbidden")]
     Forbidden,
+    #[error("the identity provider is unavailable")]
+    IdentityUnavailable,
     #[error("no healthy upstream target")]
     NoHealthyTarget,
     #[error("upstream connection failed")]
@@ -39,6 +41,7 @@ impl GatewayError {
             GatewayError::NoRoute => 404,
             GatewayError::Unauthorized => 401,
             GatewayError::Forbidden => 403,
+            GatewayError::IdentityUnavailable => 503,
             GatewayError::NoHealthyTarget => 503,
             GatewayError::UpstreamConnect | GatewayError::UpstreamFailed => 502,
             GatewayError::UpstreamTimeout => 504,

@@ -87,6 +87,11 @@ impl Gateway {
                 GatewayError::Forbidden,
                 "Bearer realm=\"portcullis\", error=\"insufficient_scope\"".to_owned(),
             ),
+            AuthError::Unavailable => {
+                return self
+                    .reject(session, ctx, GatewayError::IdentityUnavailable)
+                    .await
+            }
         };
         let challenge = http::HeaderValue::from_str(&challenge).ok();
         self.reject_with(session, ctx, status, challenge).await

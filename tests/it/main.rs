@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod health;
+mod introspection;
 mod lifecycle;
 mod limits;
 mod oidc;

@@ -134,3 +134,54 @@ async fn oidc_provider_tokens_pass_with_identity_headers() {
     let anonymous = client().get(gateway.url("/orders/1")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_provider_opaque_tokens_by_introspection_and_revocation() {
+    let op = OpenIdProvider::start().await;
+    let echo = Backend::start("orders").await;
+    let config = format!(
+        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - name: op\n      issuer: '{}'\n      audiences: [api]\n      roles_claim: scope\n      introspection: {{ client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}, max_ttl: 1s }}\n  headers:\n    X-Client-Id: client_id\n    X-User-Scopes: scope\nupstreams:\n  orders: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: read, match: {{ path_prefix: /orders }}, upstream: orders, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n",
+        op.issuer, echo.addr
+    );
+    let gateway = Gateway::start(&config).await;
+    let opaque = op.token("urn:api:opaque", "orders:read").await;
+    assert_eq!(
+        opaque.matches('.').count(),
+        0,
+        "expected an opaque token: {opaque}"
+    );
+    let response = client()
+        .get(gateway.url("/orders/1"))
+        .bearer_auth(&opaque)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Echo = response.json().await.unwrap();
+    // A client-credentials token's introspection names the client, not a user.
+    assert_eq!(seen.headers["x-client-id"], CLIENT_ID);
+    assert_eq!(seen.headers["x-user-scopes"], "orders:read");
+
+    // Revoked at the IdP: still served from the cache, then rejected once
+    // the cached answer (max_ttl 1 s) has expired.
+    let revoke = client()
+        .post(format!("{}/token/revocation", op.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", opaque.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 200);
+    let rejected = eventually(Duration::from_secs(5), || async {
+        client()
+            .get(gateway.url("/orders/1"))
+            .bearer_auth(&opaque)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 401
+    })
+    .await;
+    assert!(rejected, "revoked token still accepted");
+}

@@ -345,3 +345,10 @@ pub fn write_atomic(path: &Path, contents: &[u8]) {
     std::fs::write(&tmp, contents).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
 }
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,6 +1,7 @@
 // A real third-party OpenID Provider for the gateway's tests:
 // panva/oidc-provider issuing JWT access tokens (RS256 or ES256 by
-// resource) through the client credentials grant.
+// resource) through the client credentials grant, opaque tokens for
+// urn:api:opaque, introspection and revocation.
 //   node provider.mjs PORT
 import http from 'node:http';
 import Provider from 'oidc-provider';
@@ -32,6 +33,8 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => 'urn:api:rs',
@@ -40,7 +43,8 @@ const provider = new Provider(issuer, {
         scope: 'orders:read orders:write',
         audience: 'api',
         accessTokenTTL: 300,
-        accessTokenFormat: 'jwt',
+        // urn:api:opaque gets opaque tokens, checked by introspection.
+        accessTokenFormat: resource === 'urn:api:opaque' ? 'opaque' : 'jwt',
         jwt: { sign: { alg: resource === 'urn:api:es' ? 'ES256' : 'RS256' } },
       }),
     },

@@ -74,6 +74,8 @@ pub struct ProviderKeys {
     refresh: Duration,
     fetch_timeout: Duration,
     client: reqwest::Client,
+    /// From the discovery document, for opaque-token introspection.
+    introspection_endpoint: arc_swap::ArcSwapOption<String>,
 }
 
 enum KeySource {
@@ -106,6 +108,7 @@ impl ProviderKeys {
             refresh: spec.jwks_refresh.0,
             fetch_timeout: spec.fetch_timeout.0,
             client,
+            introspection_endpoint: arc_swap::ArcSwapOption::empty(),
         };
         if let KeySource::File(path) = &keys.source {
             let bytes = std::fs::read(path)
@@ -113,6 +116,16 @@ impl ProviderKeys {
             keys.table.store(Arc::new(parse_jwks(&bytes)?));
         }
         Ok(keys)
+    }
+
+    /// The introspection endpoint found by discovery, if any yet.
+    pub fn discovered_introspection_endpoint(&self) -> Option<Arc<String>> {
+        self.introspection_endpoint.load_full()
+    }
+
+    /// The HTTP client for this IdP (timeouts set).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     pub fn table(&self) -> arc_swap::Guard<Arc<KeyTable>> {
@@ -174,6 +187,10 @@ impl ProviderKeys {
                         url: url.clone(),
                         message: format!("not JSON: {e}"),
                     })?;
+                if let Some(endpoint) = doc.get("introspection_endpoint").and_then(|v| v.as_str()) {
+                    self.introspection_endpoint
+                        .store(Some(Arc::new(endpoint.to_owned())));
+                }
                 doc.get("jwks_uri")
                     .and_then(|v| v.as_str())
                     .map(str::to_owned)

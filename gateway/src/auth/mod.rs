@@ -6,6 +6,7 @@
 //! expire at the token's `exp`.
 
 mod claims;
+mod introspection;
 mod keys;
 
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub enum AuthError {
     Invalid(&'static str),
     #[error("the caller lacks a required role")]
     Forbidden,
+    #[error("the identity provider cannot be asked")]
+    Unavailable,
 }
 
 /// A verified caller.
@@ -90,6 +93,8 @@ struct CompiledProvider {
     require_at_jwt: bool,
     required_claims: Vec<String>,
     roles_claim: String,
+    audiences: Vec<String>,
+    introspection: Option<introspection::Introspector>,
 }
 
 /// Which claims become which upstream headers.
@@ -238,6 +243,15 @@ impl Authenticator {
                 require_at_jwt: spec.require_at_jwt,
                 required_claims: spec.required_claims.clone(),
                 roles_claim: spec.roles_claim.clone(),
+                audiences: if spec.insecure_skip_audience {
+                    Vec::new()
+                } else {
+                    spec.audiences.clone()
+                },
+                introspection: spec
+                    .introspection
+                    .as_ref()
+                    .map(introspection::Introspector::new),
             });
         }
         let mapping: Vec<HeaderMapping> = if identity.headers.is_empty() {
@@ -337,7 +351,7 @@ impl Authenticator {
                 return Err(AuthError::Invalid("issuer not accepted on this route"));
             }
         }
-        let identity = Arc::new(self.verify(token, policy).await?);
+        let identity = self.verify(token, policy).await?;
         self.cache.insert(Arc::from(token), identity.clone());
         Ok(identity)
     }
@@ -347,11 +361,11 @@ impl Authenticator {
         &self,
         token: &str,
         policy: &RoutePolicy,
-    ) -> Result<Identity, AuthError> {
+    ) -> Result<Arc<Identity>, AuthError> {
         self.verify(token, policy).await
     }
 
-    async fn verify(&self, token: &str, policy: &RoutePolicy) -> Result<Identity, AuthError> {
+    async fn verify(&self, token: &str, policy: &RoutePolicy) -> Result<Arc<Identity>, AuthError> {
         if token.len() > self.largest_token {
             return Err(AuthError::Invalid("token too large"));
         }
@@ -359,7 +373,7 @@ impl Authenticator {
         let (Some(header_b64), Some(payload_b64), Some(_signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(AuthError::Invalid("not a JWS compact token"));
+            return self.introspect(token, policy).await;
         };
         let header = decode_json(header_b64).ok_or(AuthError::Invalid("malformed header"))?;
         // A critical extension we do not implement must fail (RFC 7515 §4.1.11).
@@ -427,7 +441,21 @@ impl Authenticator {
             .get("exp")
             .and_then(|e| e.as_u64())
             .ok_or(AuthError::Invalid("no exp"))?;
-        let roles = claims::roles(&claims, &provider.roles_claim);
+        Ok(Arc::new(self.identity(index, &claims, expires_at)))
+    }
+
+    /// The identity, with its headers, from verified claims.
+    fn identity(
+        &self,
+        provider: usize,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        expires_at: u64,
+    ) -> Identity {
+        let roles_claim = self
+            .providers
+            .get(provider)
+            .map_or("roles", |p| p.roles_claim.as_str());
+        let roles = claims::roles(claims, roles_claim);
         let subject = claims
             .get("sub")
             .and_then(|s| s.as_str())
@@ -439,18 +467,54 @@ impl Authenticator {
                 let value = if m.claim == ROLES_CLAIM {
                     HeaderValue::from_str(&claims::sanitise(&roles.join(&self.separator))).ok()
                 } else {
-                    claim_to_header_value(lookup_claim(&claims, &m.claim)?, &self.separator)
+                    claim_to_header_value(lookup_claim(claims, &m.claim)?, &self.separator)
                 }?;
                 Some((m.name.clone(), value))
             })
             .collect();
-        Ok(Identity {
-            provider: index,
+        Identity {
+            provider,
             subject,
             roles,
             headers,
             expires_at,
-        })
+        }
+    }
+
+    /// An opaque token: asked of the first accepted provider that does
+    /// introspection.
+    async fn introspect(
+        &self,
+        token: &str,
+        policy: &RoutePolicy,
+    ) -> Result<Arc<Identity>, AuthError> {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AuthError::Invalid("malformed token"));
+        }
+        let Some((index, provider, introspector)) = self
+            .providers
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| policy.accepts_provider(*i))
+            .find_map(|(i, p)| p.introspection.as_ref().map(|x| (i, p, x)))
+        else {
+            return Err(AuthError::Invalid("not a JWS compact token"));
+        };
+        if token.len() > provider.max_token_size {
+            return Err(AuthError::Invalid("token too large"));
+        }
+        let build = |claims: &serde_json::Map<String, serde_json::Value>, until: u64| {
+            self.identity(index, claims, until)
+        };
+        introspector
+            .introspect(
+                token,
+                &provider.keys,
+                &provider.issuer,
+                &provider.audiences,
+                &build,
+            )
+            .await
     }
 
     async fn find_key(
