@@ -64,6 +64,50 @@ pub struct Identity {
     /// Verified tokens kept in memory. Defaults to 100000.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: u64,
+    /// A short-lived JWT the gateway signs for backends, so they can verify
+    /// the caller cryptographically; public keys at `/.well-known/jwks.json`
+    /// on the proxy listeners. Defaults to off.
+    #[serde(default)]
+    pub internal_token: Option<InternalToken>,
+}
+
+/// The gateway's own token for backends.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InternalToken {
+    /// Header it is sent in. Defaults to `X-Internal-Token`.
+    #[serde(default = "default_internal_header")]
+    pub header: String,
+    /// Lifetime. Defaults to 60s.
+    #[serde(default = "default_internal_ttl")]
+    pub ttl: Duration,
+    /// `ES256` (default) or `EdDSA`.
+    #[serde(default = "default_internal_alg")]
+    pub algorithm: String,
+    /// PKCS#8 PEM signing key, shared by all replicas (a Kubernetes
+    /// Secret). Defaults to a key generated at start, kept across reloads:
+    /// fine for one replica.
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// `iss` of the token. Defaults to `portcullis`.
+    #[serde(default = "default_internal_issuer")]
+    pub issuer: String,
+    /// `aud` of the token. Defaults to none.
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+fn default_internal_header() -> String {
+    "x-internal-token".to_owned()
+}
+fn default_internal_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_internal_alg() -> String {
+    "ES256".to_owned()
+}
+fn default_internal_issuer() -> String {
+    "portcullis".to_owned()
 }
 
 fn default_separator() -> String {

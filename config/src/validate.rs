@@ -176,6 +176,19 @@ impl<'a> Checker<'a> {
                 self.problem(p_at.child_key("roles_claim"), "must not be empty");
             }
         }
+        if let Some(internal) = &identity.internal_token {
+            let i_at = at.child_key("internal_token");
+            self.header_name(i_at.child_key("header"), &internal.header);
+            if !matches!(internal.algorithm.as_str(), "ES256" | "EdDSA") {
+                self.problem(i_at.child_key("algorithm"), "must be `ES256` or `EdDSA`");
+            }
+            if internal.ttl.0.as_secs() < 10 {
+                self.problem(i_at.child_key("ttl"), "must be at least 10s");
+            }
+            if let Some(file) = &internal.key_file {
+                self.readable(i_at.child_key("key_file"), file);
+            }
+        }
         for (name, claim) in &identity.headers {
             let h_at = at.child_key("headers").child_key(name);
             self.header_name(h_at.clone(), name);

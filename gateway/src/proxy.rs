@@ -54,6 +54,8 @@ pub struct RequestCtx {
     is_tls: bool,
     /// The verified caller, on routes with `auth`.
     identity: Option<Arc<Identity>>,
+    /// The gateway's own token for the backend, when configured.
+    internal_token: Option<http::HeaderValue>,
 }
 
 fn status_error(error: GatewayError) -> Box<Error> {
@@ -180,6 +182,7 @@ impl ProxyHttp for Gateway {
             error: None,
             is_tls: false,
             identity: None,
+            internal_token: None,
         }
     }
 
@@ -226,6 +229,12 @@ impl ProxyHttp for Gateway {
             return redirect_to_https(session, ctx, port).await;
         }
 
+        if let Some(internal) = &snapshot.auth.internal {
+            if session.req_header().uri.path() == INTERNAL_JWKS_PATH {
+                return serve_internal_jwks(session, ctx, internal.jwks()).await;
+            }
+        }
+
         let req = session.req_header();
         let host = headers::normalise_host(request_host(req));
         let view = RequestView {
@@ -256,7 +265,12 @@ impl ProxyHttp for Gateway {
                     }
                     None => {}
                     Some(token) => match snapshot.auth.authenticate(token, policy).await {
-                        Ok(identity) if policy.allows(&identity) => ctx.identity = Some(identity),
+                        Ok(identity) if policy.allows(&identity) => {
+                            if let Some(internal) = &snapshot.auth.internal {
+                                ctx.internal_token = internal.token_for(token, &identity);
+                            }
+                            ctx.identity = Some(identity);
+                        }
                         Ok(_) => return self.reject_auth(session, ctx, AuthError::Forbidden).await,
                         Err(e) => return self.reject_auth(session, ctx, e).await,
                     },
@@ -385,6 +399,9 @@ impl ProxyHttp for Gateway {
             for (name, value) in &identity.headers {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
+        }
+        if let (Some(internal), Some(token)) = (&auth.internal, &ctx.internal_token) {
+            upstream.insert_header(internal.header.clone(), token.clone())?;
         }
         let route_has_auth = ctx
             .route
@@ -604,6 +621,26 @@ impl ProxyHttp for Gateway {
         };
         access_log::write(&line);
     }
+}
+
+/// Where backends find the internal token's public keys.
+const INTERNAL_JWKS_PATH: &str = "/.well-known/jwks.json";
+
+async fn serve_internal_jwks(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    jwks: Bytes,
+) -> Result<bool> {
+    let mut header = ResponseHeader::build(200, Some(4))?;
+    header.insert_header(header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(header::CONTENT_LENGTH, jwks.len())?;
+    header.insert_header(header::CACHE_CONTROL, "public, max-age=300")?;
+    header.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(jwks), true).await?;
+    Ok(true)
 }
 
 static HTTP: http::HeaderValue = http::HeaderValue::from_static("http");

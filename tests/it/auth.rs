@@ -689,3 +689,58 @@ async fn rbac_table() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_token_verifies_with_the_gateway_jwks() {
+    for (extra, alg) in [
+        ("  internal_token: { audience: backends }\n".to_owned(), Algorithm::ES256),
+        (
+            format!("  internal_token: {{ algorithm: EdDSA, key_file: '{FIXTURES}/ed25519.pem', ttl: 30s }}\n"),
+            Algorithm::EdDSA,
+        ),
+    ] {
+        let echo = Backend::start("echo").await;
+        let server = KeyServer::start(&["rsa-a"]).await;
+        let idp = Idp { server };
+        let text = config(&echo, &idp.server).replace("upstreams:\n", &format!("{extra}upstreams:\n"));
+        let gateway = Gateway::start(&text).await;
+        let token = idp.token("alice", &["orders-reader"]);
+
+        let first: Echo = call(&gateway, "GET", "/orders/1", Some(&token)).await.json().await.unwrap();
+        let internal = first.headers["x-internal-token"].clone();
+        let second: Echo = call(&gateway, "GET", "/orders/2", Some(&token)).await.json().await.unwrap();
+        assert_eq!(second.headers["x-internal-token"], internal, "minted again instead of reused");
+
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            client().get(gateway.url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+        let header = jsonwebtoken::decode_header(&internal).unwrap();
+        assert_eq!(header.alg, alg);
+        let jwk = jwks.find(header.kid.as_deref().unwrap()).expect("kid in the gateway JWKS");
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(alg);
+        validation.set_issuer(&["portcullis"]);
+        if alg == Algorithm::ES256 {
+            validation.set_audience(&["backends"]);
+        } else {
+            validation.validate_aud = false;
+        }
+        let claims = jsonwebtoken::decode::<Value>(&internal, &key, &validation).unwrap().claims;
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["email"], "alice@example.com");
+        assert_eq!(claims["roles"], json!(["orders-reader"]));
+        let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+        assert!(lifetime <= 60 && lifetime >= 29, "lifetime {lifetime}");
+
+        // A client cannot bring its own.
+        let spoof: Echo = client()
+            .get(gateway.url("/public/x"))
+            .header("X-Internal-Token", "forged")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(!spoof.headers.contains_key("x-internal-token"));
+    }
+}

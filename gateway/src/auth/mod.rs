@@ -6,6 +6,7 @@
 //! expire at the token's `exp`.
 
 mod claims;
+mod internal;
 mod introspection;
 mod keys;
 
@@ -19,6 +20,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use portcullis_config as config;
 
 pub use claims::{claim_to_header_value, lookup_claim};
+pub use internal::{InternalTokens, SigningKey};
 pub use keys::{parse_jwks, Family, KeyError, ProviderKeys};
 
 /// Why a request is not let through.
@@ -42,6 +44,8 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The identity headers for backends, built once per token.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The mapped claims (claim path → value), for the internal token.
+    pub claims: Vec<(String, serde_json::Value)>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
 }
@@ -114,6 +118,8 @@ pub struct Authenticator {
     reserved_prefixes: Vec<String>,
     separator: String,
     pub forward_authorization: bool,
+    /// The gateway's own token for backends, when configured.
+    pub internal: Option<InternalTokens>,
     cache: moka::sync::Cache<Arc<str>, Arc<Identity>, foldhash::fast::RandomState>,
     largest_token: usize,
 }
@@ -151,13 +157,41 @@ const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
     Algorithm::EdDSA,
 ];
 
-/// Provider key sets that outlive reloads, by name and definition.
+/// Provider key sets and the internal signing key, kept across reloads.
 #[derive(Default)]
 pub struct KeyRegistry {
     entries: Mutex<Vec<(String, String, Arc<ProviderKeys>)>>,
+    /// (key file, algorithm) → signing key: a generated key must not change
+    /// on reload, or backends would see an unknown kid.
+    signing: Mutex<Option<(String, Arc<SigningKey>)>>,
 }
 
 impl KeyRegistry {
+    fn signing_key(
+        &self,
+        spec: &config::InternalToken,
+        source: &std::path::Path,
+    ) -> Result<Arc<SigningKey>, KeyError> {
+        let fingerprint = format!("{:?}/{}", spec.key_file, spec.algorithm);
+        let mut slot = self.signing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((f, key)) = slot.as_ref() {
+            if *f == fingerprint {
+                return Ok(key.clone());
+            }
+        }
+        let alg = if spec.algorithm == "EdDSA" {
+            Algorithm::EdDSA
+        } else {
+            Algorithm::ES256
+        };
+        let key = Arc::new(match &spec.key_file {
+            Some(file) => SigningKey::from_pem_file(&config::resolve_path(source, file), alg)?,
+            None => SigningKey::generate(alg)?,
+        });
+        *slot = Some((fingerprint, key.clone()));
+        Ok(key)
+    }
+
     /// The key set for a provider; a new one (to be refreshed by the
     /// caller) when the definition changed.
     pub fn get_or_create(
@@ -284,10 +318,18 @@ impl Authenticator {
             .iter()
             .map(|p| normalise_name(p))
             .collect();
-        let reserved_names = mapping
+        let internal = identity
+            .internal_token
+            .as_ref()
+            .map(|spec| InternalTokens::new(spec, registry.signing_key(spec, source)?))
+            .transpose()?;
+        let mut reserved_names: Vec<String> = mapping
             .iter()
             .map(|m| normalise_name(m.name.as_str()))
             .collect();
+        if let Some(internal) = &internal {
+            reserved_names.push(normalise_name(internal.header.as_str()));
+        }
         let largest_token = providers
             .iter()
             .map(|p| p.max_token_size)
@@ -301,6 +343,7 @@ impl Authenticator {
                 reserved_prefixes,
                 separator: identity.separator.clone(),
                 forward_authorization: identity.forward_authorization,
+                internal,
                 // Keys are whole tokens (~1 KB): SipHash over them cost
                 // ~200 ns a lookup, foldhash a tenth of it (benches/auth.rs).
                 cache: moka::sync::Cache::builder()
@@ -472,11 +515,18 @@ impl Authenticator {
                 Some((m.name.clone(), value))
             })
             .collect();
+        let mapped = self
+            .mapping
+            .iter()
+            .filter(|m| m.claim != ROLES_CLAIM && m.claim != "sub")
+            .filter_map(|m| Some((m.claim.clone(), lookup_claim(claims, &m.claim)?.clone())))
+            .collect();
         Identity {
             provider,
             subject,
             roles,
             headers,
+            claims: mapped,
             expires_at,
         }
     }

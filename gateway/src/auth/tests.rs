@@ -65,6 +65,7 @@ fn rbac_any_and_all() {
         subject: None,
         roles: roles.iter().map(|r| r.to_string()).collect(),
         headers: Vec::new(),
+        claims: Vec::new(),
         expires_at: 0,
     };
     let policy = |any: &[&str], all: &[&str]| RoutePolicy {
