@@ -729,7 +729,7 @@ async fn internal_token_verifies_with_the_gateway_jwks() {
         assert_eq!(claims["email"], "alice@example.com");
         assert_eq!(claims["roles"], json!(["orders-reader"]));
         let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
-        assert!(lifetime <= 60 && lifetime >= 29, "lifetime {lifetime}");
+        assert!((29..=60).contains(&lifetime), "lifetime {lifetime}");
 
         // A client cannot bring its own.
         let spoof: Echo = client()
