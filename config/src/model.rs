@@ -69,6 +69,34 @@ pub struct Identity {
     /// on the proxy listeners. Defaults to off.
     #[serde(default)]
     pub internal_token: Option<InternalToken>,
+    /// API keys for external systems, stored as SHA-256 hashes. Defaults to none.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKey>,
+    /// Header an API key comes in (also accepted: `Authorization: ApiKey
+    /// <key>`). Defaults to `X-API-Key`.
+    #[serde(default = "default_api_key_header")]
+    pub api_key_header: String,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_owned()
+}
+
+/// An API key of an external system. Only its hash is configured:
+/// `printf %s "$KEY" | sha256sum`.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// The principal's id (`sub` of the identity headers).
+    pub subject: String,
+    /// Its client id. Defaults to the subject.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Its roles.
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// The gateway's own token for backends.
@@ -132,6 +160,10 @@ pub struct Provider {
     /// A local JWKS file instead of fetching keys.
     #[serde(default)]
     pub jwks_file: Option<String>,
+    /// Static PEM public keys (SPKI: RSA, P-256, P-384, Ed25519), used with
+    /// or instead of a JWKS. Defaults to none.
+    #[serde(default)]
+    pub public_keys: Vec<PublicKeyFile>,
     /// Accepted `aud` values; a token must name one. Required unless
     /// `insecure_skip_audience` is set.
     #[serde(default)]
@@ -177,6 +209,17 @@ pub struct Provider {
     /// Defaults to off: opaque tokens are rejected.
     #[serde(default)]
     pub introspection: Option<Introspection>,
+}
+
+/// A PEM public key file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublicKeyFile {
+    /// Path of the PEM file.
+    pub file: String,
+    /// The `kid` tokens name it by. Defaults to none: tokens without `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
 }
 
 /// RFC 7662 token introspection for opaque tokens.
@@ -248,6 +291,9 @@ pub struct RouteAuth {
     /// Providers accepted. Defaults to all.
     #[serde(default)]
     pub providers: Vec<String>,
+    /// Also accept the API keys of `identity.api_keys`. Defaults to false.
+    #[serde(default)]
+    pub api_keys: bool,
     /// The caller needs at least one of these roles (403 otherwise).
     #[serde(default)]
     pub roles_any: Vec<String>,

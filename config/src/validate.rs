@@ -119,11 +119,20 @@ impl<'a> Checker<'a> {
                     "give `jwks_uri` or `jwks_file`, not both",
                 );
             }
-            // Keys come from `jwks_uri`, `jwks_file`, or discovery at the issuer.
-            let fetched_from = match (&provider.jwks_uri, &provider.jwks_file) {
+            for (j, key) in provider.public_keys.iter().enumerate() {
+                self.readable(
+                    p_at.child_key("public_keys")
+                        .child_index(j)
+                        .child_key("file"),
+                    &key.file,
+                );
+            }
+            // Keys come from `jwks_uri`, local files, or discovery at the issuer.
+            let local = provider.jwks_file.is_some() || !provider.public_keys.is_empty();
+            let fetched_from = match (&provider.jwks_uri, local) {
                 (Some(uri), _) => Some(("jwks_uri", uri.as_str())),
-                (None, None) => Some(("issuer", provider.issuer.as_str())),
-                (None, Some(_)) => None,
+                (None, false) => Some(("issuer", provider.issuer.as_str())),
+                (None, true) => None,
             };
             if let Some((key, uri)) = fetched_from {
                 if !(uri.starts_with("https://") || uri.starts_with("http://")) {
@@ -174,6 +183,24 @@ impl<'a> Checker<'a> {
             }
             if provider.roles_claim.is_empty() {
                 self.problem(p_at.child_key("roles_claim"), "must not be empty");
+            }
+        }
+        self.header_name(at.child_key("api_key_header"), &identity.api_key_header);
+        let mut hashes = HashSet::new();
+        for (i, key) in identity.api_keys.iter().enumerate() {
+            let k_at = at.child_key("api_keys").child_index(i);
+            let hex_ok =
+                key.sha256.len() == 64 && key.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex_ok {
+                self.problem(
+                    k_at.child_key("sha256"),
+                    "must be 64 hex digits (the SHA-256 of the key)",
+                );
+            } else if !hashes.insert(key.sha256.to_ascii_lowercase()) {
+                self.problem(k_at.child_key("sha256"), "the same key is listed twice");
+            }
+            if key.subject.is_empty() {
+                self.problem(k_at.child_key("subject"), "must not be empty");
             }
         }
         if let Some(internal) = &identity.internal_token {
@@ -348,7 +375,16 @@ impl<'a> Checker<'a> {
         if route.auth.mode == AuthMode::None && has_roles {
             self.problem(auth_at.child_key("mode"), "roles need `mode: required`");
         }
-        if route.auth.mode != AuthMode::None && config.identity.providers.is_empty() {
+        if route.auth.api_keys && config.identity.api_keys.is_empty() {
+            self.problem(
+                auth_at.child_key("api_keys"),
+                "no `identity.api_keys` are configured",
+            );
+        }
+        if route.auth.mode != AuthMode::None
+            && config.identity.providers.is_empty()
+            && !(route.auth.api_keys && !config.identity.api_keys.is_empty())
+        {
             self.problem(
                 auth_at.child_key("mode"),
                 "needs at least one `identity.providers` entry",

@@ -23,7 +23,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use portcullis_config::{self as config, AuthMode};
 
 use crate::access_log::{self, AccessLine};
-use crate::auth::{self, AuthError, Identity};
+use crate::auth::{AuthError, Identity};
 use crate::errors::GatewayError;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::metrics;
@@ -255,25 +255,16 @@ impl ProxyHttp for Gateway {
 
         if let Some(policy) = snapshot.route_auth.get(route_index) {
             if policy.mode != AuthMode::None {
-                let token = req
-                    .headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(auth::bearer);
-                match token {
-                    None if policy.mode == AuthMode::Required => {
-                        return self.reject_auth(session, ctx, AuthError::Missing).await
-                    }
-                    None => {}
-                    Some(token) => match snapshot.auth.authenticate(token, policy).await {
-                        Ok(identity) if policy.allows(&identity) => {
-                            if let Some(internal) = &snapshot.auth.internal {
-                                ctx.internal_token = internal.token_for(token, &identity);
-                            }
-                            ctx.identity = Some(identity);
+                match snapshot.auth.authorize(policy, &req.headers).await {
+                    Ok(Some(authorized)) => {
+                        if let Some(internal) = &snapshot.auth.internal {
+                            ctx.internal_token =
+                                internal.token_for(authorized.credential, &authorized.identity);
                         }
-                        Ok(_) => return self.reject_auth(session, ctx, AuthError::Forbidden).await,
-                        Err(e) => return self.reject_auth(session, ctx, e).await,
-                    },
+                        ctx.identity = Some(authorized.identity);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.reject_auth(session, ctx, e).await,
                 }
             }
         }
@@ -409,6 +400,7 @@ impl ProxyHttp for Gateway {
             .is_some_and(|p| p.mode != AuthMode::None);
         if route_has_auth && !auth.forward_authorization {
             upstream.remove_header(&header::AUTHORIZATION);
+            upstream.remove_header(&auth.api_key_header);
         }
 
         if let Some(path) = &ctx.upstream_path {

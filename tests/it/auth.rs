@@ -744,3 +744,153 @@ async fn internal_token_verifies_with_the_gateway_jwks() {
         assert!(!spoof.headers.contains_key("x-internal-token"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_for_external_systems() {
+    let echo = Backend::start("echo").await;
+    let server = KeyServer::start(&["rsa-a"]).await;
+    // Only the SHA-256 of the key is configured.
+    let key = "pk_live_4f3c2b1a0987654321";
+    let hash = sha256_hex(key);
+    let extra = format!(
+        "  api_keys:\n    - {{ sha256: '{hash}', subject: partner-acme, client_id: acme, roles: [partner] }}\n"
+    );
+    let text = config(&echo, &server)
+        .replace("upstreams:\n", &format!("{extra}upstreams:\n"))
+        .replace(
+            "routes:\n",
+            "routes:\n  - { name: partner, match: { path_prefix: /partner }, upstream: echo, auth: { mode: required, api_keys: true, roles_any: [partner] } }\n  - { name: partner-admin, match: { path_prefix: /padmin }, upstream: echo, auth: { mode: required, api_keys: true, roles_any: [admin] } }\n",
+        );
+    let gateway = Gateway::start(&text).await;
+
+    let by_header = client()
+        .get(gateway.url("/partner/x"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 200);
+    let seen: Echo = by_header.json().await.unwrap();
+    assert_eq!(seen.headers["x-user-id"], "partner-acme");
+    assert!(
+        !seen.headers.contains_key("x-api-key"),
+        "the key was forwarded"
+    );
+
+    let by_scheme = client()
+        .get(gateway.url("/partner/x"))
+        .header("authorization", format!("ApiKey {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_scheme.status(), 200);
+    let seen: Echo = by_scheme.json().await.unwrap();
+    assert!(!seen.headers.contains_key("authorization"));
+
+    let wrong = client()
+        .get(gateway.url("/partner/x"))
+        .header("x-api-key", "pk_live_guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let no_role = client()
+        .get(gateway.url("/padmin"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_role.status(), 403);
+    // Routes that do not take API keys ignore them.
+    let elsewhere = client()
+        .get(gateway.url("/me"))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), 401);
+}
+
+fn sha256_hex(text: &str) -> String {
+    let output = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hex"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_pem_public_keys() {
+    let echo = Backend::start("echo").await;
+    let config = format!(
+        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - name: pem\n      issuer: 'https://pem.example.com'\n      audiences: [api]\n      public_keys:\n        - {{ file: '{FIXTURES}/ec-p256.pub.pem', kid: static-ec }}\n        - {{ file: '{FIXTURES}/rsa-a.pub.pem', kid: static-rsa }}\n        - {{ file: '{FIXTURES}/ed25519.pub.pem' }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: r, upstream: echo, auth: {{ mode: required }} }}\n",
+        echo.addr
+    );
+    let gateway = Gateway::start(&config).await;
+    let claims =
+        json!({"iss": "https://pem.example.com", "aud": "api", "sub": "s", "exp": now() + 60});
+    let cases = [
+        (
+            sign(
+                json!({"alg": "ES256", "kid": "static-ec"}),
+                &claims,
+                "ec-p256",
+                Algorithm::ES256,
+            ),
+            200,
+        ),
+        (
+            sign(
+                json!({"alg": "RS256", "kid": "static-rsa"}),
+                &claims,
+                "rsa-a",
+                Algorithm::RS256,
+            ),
+            200,
+        ),
+        (
+            sign(
+                json!({"alg": "EdDSA"}),
+                &claims,
+                "ed25519",
+                Algorithm::EdDSA,
+            ),
+            200,
+        ),
+        // The EC key under the RSA kid: the key family does not match.
+        (
+            sign(
+                json!({"alg": "ES256", "kid": "static-rsa"}),
+                &claims,
+                "ec-p256",
+                Algorithm::ES256,
+            ),
+            401,
+        ),
+        (
+            sign(
+                json!({"alg": "RS256", "kid": "static-rsa"}),
+                &claims,
+                "rsa-b",
+                Algorithm::RS256,
+            ),
+            401,
+        ),
+    ];
+    for (i, (token, status)) in cases.iter().enumerate() {
+        let got = call(&gateway, "GET", "/x", Some(token)).await.status();
+        assert_eq!(got, *status, "case {i}");
+    }
+}

@@ -76,12 +76,18 @@ pub struct ProviderKeys {
     client: reqwest::Client,
     /// From the discovery document, for opaque-token introspection.
     introspection_endpoint: arc_swap::ArcSwapOption<String>,
+    /// PEM keys from the config, merged into every fetched table.
+    static_keys: Arc<KeyTable>,
 }
 
 enum KeySource {
-    Discovery { issuer: String },
+    Discovery {
+        issuer: String,
+    },
     Uri(String),
     File(std::path::PathBuf),
+    /// Only the configured PEM keys.
+    Static,
 }
 
 impl ProviderKeys {
@@ -89,10 +95,26 @@ impl ProviderKeys {
         let source = match (&spec.jwks_uri, &spec.jwks_file) {
             (Some(uri), _) => KeySource::Uri(uri.clone()),
             (None, Some(file)) => KeySource::File(config::resolve_path(config_path, file)),
+            (None, None) if !spec.public_keys.is_empty() => KeySource::Static,
             (None, None) => KeySource::Discovery {
                 issuer: spec.issuer.trim_end_matches('/').to_owned(),
             },
         };
+        let mut static_keys = KeyTable::default();
+        for key_file in &spec.public_keys {
+            let path = config::resolve_path(config_path, &key_file.file);
+            let pem = std::fs::read(&path)
+                .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?;
+            let key = Arc::new(
+                pem_key(&pem).map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?,
+            );
+            match &key_file.kid {
+                Some(kid) => {
+                    static_keys.by_kid.insert(kid.clone(), key);
+                }
+                None => static_keys.without_kid.push(key),
+            }
+        }
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(spec.fetch_timeout.0)
@@ -109,13 +131,27 @@ impl ProviderKeys {
             fetch_timeout: spec.fetch_timeout.0,
             client,
             introspection_endpoint: arc_swap::ArcSwapOption::empty(),
+            static_keys: Arc::new(static_keys),
         };
+        let mut table = KeyTable::default();
         if let KeySource::File(path) = &keys.source {
             let bytes = std::fs::read(path)
                 .map_err(|e| KeyError::Invalid(format!("{}: {e}", path.display())))?;
-            keys.table.store(Arc::new(parse_jwks(&bytes)?));
+            table = parse_jwks(&bytes)?;
         }
+        keys.table.store(Arc::new(keys.with_static(table)));
         Ok(keys)
+    }
+
+    /// A fetched table plus the configured PEM keys (which win on a kid clash).
+    fn with_static(&self, mut table: KeyTable) -> KeyTable {
+        for (kid, key) in &self.static_keys.by_kid {
+            table.by_kid.insert(kid.clone(), key.clone());
+        }
+        table
+            .without_kid
+            .extend(self.static_keys.without_kid.iter().cloned());
+        table
     }
 
     /// The introspection endpoint found by discovery, if any yet.
@@ -139,7 +175,7 @@ impl ProviderKeys {
         *last = Some(Instant::now());
         match self.fetch().await {
             Ok((table, max_age)) => {
-                self.table.store(Arc::new(table));
+                self.table.store(Arc::new(self.with_static(table)));
                 max_age
                     .map(|age| age.clamp(MIN_REFRESH, self.refresh))
                     .unwrap_or(self.refresh)
@@ -155,7 +191,7 @@ impl ProviderKeys {
     /// On an unknown kid: refetch unless another request just did, or the
     /// last fetch was less than `min_refetch_interval` ago.
     pub async fn refetch_for_unknown_kid(&self, kid: &str) {
-        if matches!(self.source, KeySource::File(_)) {
+        if matches!(self.source, KeySource::File(_) | KeySource::Static) {
             return;
         }
         let Ok(mut last) = tokio::time::timeout(self.fetch_timeout, self.last_fetch.lock()).await
@@ -171,7 +207,7 @@ impl ProviderKeys {
         }
         *last = Some(Instant::now());
         match self.fetch().await {
-            Ok((table, _)) => self.table.store(Arc::new(table)),
+            Ok((table, _)) => self.table.store(Arc::new(self.with_static(table))),
             Err(e) => log::warn!("provider `{}`: {e}; keeping the last good keys", self.name),
         }
     }
@@ -199,7 +235,7 @@ impl ProviderKeys {
                         message: "no `jwks_uri` in the discovery document".into(),
                     })?
             }
-            KeySource::File(_) => return Ok((KeyTable::default(), None)),
+            KeySource::File(_) | KeySource::Static => return Ok((KeyTable::default(), None)),
         };
         let (body, max_age) = self.get(&jwks_uri).await?;
         let table = parse_jwks(&body).map_err(|e| KeyError::Fetch {
@@ -249,7 +285,7 @@ impl ProviderKeys {
 
     /// Keeps keys fresh until the provider is dropped.
     pub fn spawn_refresh(self: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        if matches!(self.source, KeySource::File(_)) {
+        if matches!(self.source, KeySource::File(_) | KeySource::Static) {
             return;
         }
         let weak = Arc::downgrade(self);
@@ -309,4 +345,36 @@ fn verify_key(jwk: &Jwk) -> Option<VerifyKey> {
         .and_then(|a| a.to_string().parse::<Algorithm>().ok());
     let key = DecodingKey::from_jwk(jwk).ok()?;
     Some(VerifyKey { key, family, alg })
+}
+
+/// A PEM public key (SPKI) as a verification key; the family from its
+/// algorithm OID (and curve).
+fn pem_key(pem: &[u8]) -> Result<VerifyKey, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::SubjectPublicKeyInfoDer;
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(pem).map_err(|e| e.to_string())?;
+    let der: &[u8] = spki.as_ref();
+    let contains = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    let (family, key) = if contains(RSA) {
+        (Family::Rsa, DecodingKey::from_rsa_pem(pem))
+    } else if contains(P256) {
+        (Family::EcP256, DecodingKey::from_ec_pem(pem))
+    } else if contains(P384) {
+        (Family::EcP384, DecodingKey::from_ec_pem(pem))
+    } else if contains(ED25519) {
+        (Family::Ed25519, DecodingKey::from_ed_pem(pem))
+    } else {
+        return Err("not an RSA, P-256, P-384 or Ed25519 public key".into());
+    };
+    Ok(VerifyKey {
+        key: key.map_err(|e| e.to_string())?,
+        family,
+        alg: None,
+    })
 }

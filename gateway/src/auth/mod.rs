@@ -50,6 +50,13 @@ pub struct Identity {
     pub expires_at: u64,
 }
 
+/// A caller who passed a route's checks.
+pub struct Authorized<'h> {
+    pub identity: Arc<Identity>,
+    /// The token or API key presented (keys the internal-token cache).
+    pub credential: &'h str,
+}
+
 /// A route's authentication and roles, compiled.
 #[derive(Debug, Default)]
 pub struct RoutePolicy {
@@ -58,6 +65,8 @@ pub struct RoutePolicy {
     providers: Vec<usize>,
     roles_any: Vec<String>,
     roles_all: Vec<String>,
+    /// API keys are accepted too.
+    pub api_keys: bool,
 }
 
 impl RoutePolicy {
@@ -71,6 +80,7 @@ impl RoutePolicy {
                 .collect(),
             roles_any: auth.roles_any.clone(),
             roles_all: auth.roles_all.clone(),
+            api_keys: auth.api_keys,
         }
     }
 
@@ -107,6 +117,20 @@ struct HeaderMapping {
     claim: String,
 }
 
+/// The provider index of identities from API keys.
+pub const API_KEY_PROVIDER: usize = usize::MAX;
+
+fn decode_hex_32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 /// The pseudo-claim that stands for the provider's roles.
 pub const ROLES_CLAIM: &str = "@roles";
 
@@ -120,6 +144,10 @@ pub struct Authenticator {
     pub forward_authorization: bool,
     /// The gateway's own token for backends, when configured.
     pub internal: Option<InternalTokens>,
+    /// API keys by the SHA-256 of the key.
+    api_keys: HashMap<[u8; 32], Arc<Identity>, foldhash::fast::RandomState>,
+    /// The header API keys come in.
+    pub api_key_header: HeaderName,
     cache: moka::sync::Cache<Arc<str>, Arc<Identity>, foldhash::fast::RandomState>,
     largest_token: usize,
 }
@@ -200,9 +228,10 @@ impl KeyRegistry {
         source: &std::path::Path,
     ) -> Result<(Arc<ProviderKeys>, bool), KeyError> {
         let fingerprint = format!(
-            "{:?}{:?}{}{:?}{:?}{:?}",
+            "{:?}{:?}{:?}{}{:?}{:?}{:?}",
             spec.jwks_uri,
             spec.jwks_file,
+            spec.public_keys,
             spec.issuer,
             spec.min_refetch_interval,
             spec.jwks_refresh,
@@ -335,25 +364,70 @@ impl Authenticator {
             .map(|p| p.max_token_size)
             .max()
             .unwrap_or(0);
-        Ok((
-            Authenticator {
-                providers,
-                mapping,
-                reserved_names,
-                reserved_prefixes,
-                separator: identity.separator.clone(),
-                forward_authorization: identity.forward_authorization,
-                internal,
-                // Keys are whole tokens (~1 KB): SipHash over them cost
-                // ~200 ns a lookup, foldhash a tenth of it (benches/auth.rs).
-                cache: moka::sync::Cache::builder()
-                    .max_capacity(identity.cache_entries)
-                    .expire_after(ExpireAtExp)
-                    .build_with_hasher(foldhash::fast::RandomState::default()),
-                largest_token,
-            },
-            new_keys,
-        ))
+        let mut authenticator = Authenticator {
+            providers,
+            mapping,
+            reserved_names,
+            reserved_prefixes,
+            separator: identity.separator.clone(),
+            forward_authorization: identity.forward_authorization,
+            internal,
+            // Keys are whole tokens (~1 KB): SipHash over them cost
+            // ~200 ns a lookup, foldhash a tenth of it (benches/auth.rs).
+            cache: moka::sync::Cache::builder()
+                .max_capacity(identity.cache_entries)
+                .expire_after(ExpireAtExp)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+            largest_token,
+            api_keys: HashMap::default(),
+            api_key_header: HeaderName::from_bytes(identity.api_key_header.as_bytes())
+                .unwrap_or(HeaderName::from_static("x-api-key")),
+        };
+        authenticator.api_keys = identity
+            .api_keys
+            .iter()
+            .filter_map(|key| {
+                let digest = decode_hex_32(&key.sha256)?;
+                let mut claims = serde_json::Map::new();
+                claims.insert("sub".into(), key.subject.clone().into());
+                let client_id = key.client_id.clone().unwrap_or_else(|| key.subject.clone());
+                claims.insert("client_id".into(), client_id.into());
+                let identity = authenticator.identity_with_roles(
+                    API_KEY_PROVIDER,
+                    &claims,
+                    key.roles.clone(),
+                    u64::MAX,
+                );
+                Some((digest, Arc::new(identity)))
+            })
+            .collect();
+        Ok((authenticator, new_keys))
+    }
+
+    /// The principal of an API key (its SHA-256 is looked up; the key
+    /// itself is never stored).
+    pub fn authenticate_api_key(&self, key: &str) -> Result<Arc<Identity>, AuthError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest.as_ref());
+        self.api_keys
+            .get(&hash)
+            .cloned()
+            .ok_or(AuthError::Invalid("unknown API key"))
+    }
+
+    /// The API key a request carries: the configured header, or
+    /// `Authorization: ApiKey <key>`.
+    pub fn api_key<'r>(&self, headers: &'r http::HeaderMap) -> Option<&'r str> {
+        if let Some(value) = headers.get(&self.api_key_header) {
+            return value.to_str().ok().map(str::trim).filter(|k| !k.is_empty());
+        }
+        let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, key) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("apikey")
+            .then(|| key.trim())
+            .filter(|k| !k.is_empty())
     }
 
     /// Whether a header name is one only the gateway may set: matched
@@ -377,6 +451,34 @@ impl Authenticator {
                 .reserved_prefixes
                 .iter()
                 .any(|r| matches(name, r, true))
+    }
+
+    /// The credential check of a route with `auth`: an API key (where the
+    /// route takes them) or a bearer token, then the route's roles.
+    /// `Ok(None)`: no credential on an `optional` route.
+    pub async fn authorize<'h>(
+        &self,
+        policy: &RoutePolicy,
+        headers: &'h http::HeaderMap,
+    ) -> Result<Option<Authorized<'h>>, AuthError> {
+        let (identity, credential) = match policy.api_keys.then(|| self.api_key(headers)).flatten()
+        {
+            Some(key) => (self.authenticate_api_key(key)?, key),
+            None => match headers.get(http::header::AUTHORIZATION).and_then(bearer) {
+                Some(token) => (self.authenticate(token, policy).await?, token),
+                None if policy.mode == config::AuthMode::Required => {
+                    return Err(AuthError::Missing)
+                }
+                None => return Ok(None),
+            },
+        };
+        if !policy.allows(&identity) {
+            return Err(AuthError::Forbidden);
+        }
+        Ok(Some(Authorized {
+            identity,
+            credential,
+        }))
     }
 
     /// Verifies a bearer token for a route: from the cache, or by signature
@@ -498,7 +600,21 @@ impl Authenticator {
             .providers
             .get(provider)
             .map_or("roles", |p| p.roles_claim.as_str());
-        let roles = claims::roles(claims, roles_claim);
+        self.identity_with_roles(
+            provider,
+            claims,
+            claims::roles(claims, roles_claim),
+            expires_at,
+        )
+    }
+
+    fn identity_with_roles(
+        &self,
+        provider: usize,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        roles: Vec<String>,
+        expires_at: u64,
+    ) -> Identity {
         let subject = claims
             .get("sub")
             .and_then(|s| s.as_str())
