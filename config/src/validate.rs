@@ -381,9 +381,10 @@ impl<'a> Checker<'a> {
                 "no `identity.api_keys` are configured",
             );
         }
+        let can_use_api_keys = route.auth.api_keys && !config.identity.api_keys.is_empty();
         if route.auth.mode != AuthMode::None
             && config.identity.providers.is_empty()
-            && !(route.auth.api_keys && !config.identity.api_keys.is_empty())
+            && !can_use_api_keys
         {
             self.problem(
                 auth_at.child_key("mode"),
