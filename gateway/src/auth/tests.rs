@@ -73,6 +73,7 @@ fn rbac_any_and_all() {
         providers: Vec::new(),
         roles_any: any.iter().map(|r| r.to_string()).collect(),
         roles_all: all.iter().map(|r| r.to_string()).collect(),
+        api_keys: false,
     };
     assert!(policy(&[], &[]).allows(&identity(&[])));
     assert!(policy(&["a", "b"], &[]).allows(&identity(&["b"])));
