@@ -38,7 +38,7 @@ pub struct FileConfig {
 }
 
 /// Who may call: token issuers and how identities reach backends.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     /// Token issuers. Defaults to none (routes with `auth` then reject).
@@ -76,6 +76,22 @@ pub struct Identity {
     /// <key>`). Defaults to `X-API-Key`.
     #[serde(default = "default_api_key_header")]
     pub api_key_header: String,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Identity {
+            providers: Vec::new(),
+            headers: BTreeMap::new(),
+            reserved_prefixes: None,
+            separator: default_separator(),
+            forward_authorization: false,
+            cache_entries: default_cache_entries(),
+            internal_token: None,
+            api_keys: Vec::new(),
+            api_key_header: default_api_key_header(),
+        }
+    }
 }
 
 fn default_api_key_header() -> String {
