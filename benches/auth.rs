@@ -42,10 +42,7 @@ fn setup() -> (Authenticator, RoutePolicy, tempfile::TempDir) {
         Path::new("bench.yaml"),
     )
     .expect("compile");
-    let policy = RoutePolicy::compile(
-        &valid.config.routes[0].auth,
-        &valid.config.identity.providers,
-    );
+    let policy = RoutePolicy::compile(&valid.config.routes[0].auth, &valid.config.identity);
     (authenticator, policy, dir)
 }
 

@@ -76,6 +76,11 @@ pub struct Identity {
     /// <key>`). Defaults to `X-API-Key`.
     #[serde(default = "default_api_key_header")]
     pub api_key_header: String,
+    /// `auth.mode` of routes that do not set one: `none` (default),
+    /// `optional` or `required`. `required` is the safe choice for an API
+    /// gateway; public routes then say `auth: { mode: none }`.
+    #[serde(default)]
+    pub default_mode: AuthMode,
 }
 
 impl Default for Identity {
@@ -90,6 +95,7 @@ impl Default for Identity {
             internal_token: None,
             api_keys: Vec::new(),
             api_key_header: default_api_key_header(),
+            default_mode: AuthMode::None,
         }
     }
 }
@@ -300,10 +306,11 @@ fn default_max_token_size() -> ByteSize {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteAuth {
-    /// `none` (default), `optional` (identity headers when a valid token
-    /// comes; no token passes), or `required` (401 without a valid token).
+    /// `none`, `optional` (identity headers when a valid token comes; no
+    /// token passes), or `required` (401 without a valid token). Defaults
+    /// to `identity.default_mode`.
     #[serde(default)]
-    pub mode: AuthMode,
+    pub mode: Option<AuthMode>,
     /// Providers accepted. Defaults to all.
     #[serde(default)]
     pub providers: Vec<String>,
@@ -316,6 +323,19 @@ pub struct RouteAuth {
     /// The caller needs all of these roles (403 otherwise).
     #[serde(default)]
     pub roles_all: Vec<String>,
+    /// The token must grant one of these scopes (`scope`/`scp` claim).
+    #[serde(default)]
+    pub scopes_any: Vec<String>,
+    /// The token must grant all of these scopes.
+    #[serde(default)]
+    pub scopes_all: Vec<String>,
+    /// Claim path → required value: equal for a string claim, contained
+    /// for an array claim (`tenant: acme`, `groups: ops`).
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// Allowed client ids (`client_id` or `azp` claim). Defaults to any.
+    #[serde(default)]
+    pub client_ids: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -371,9 +371,19 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        let has_roles = !route.auth.roles_any.is_empty() || !route.auth.roles_all.is_empty();
-        if route.auth.mode == AuthMode::None && has_roles {
-            self.problem(auth_at.child_key("mode"), "roles need `mode: required`");
+        let mode = route.auth.mode.unwrap_or(config.identity.default_mode);
+        let auth = &route.auth;
+        let has_policy = !auth.roles_any.is_empty()
+            || !auth.roles_all.is_empty()
+            || !auth.scopes_any.is_empty()
+            || !auth.scopes_all.is_empty()
+            || !auth.claims.is_empty()
+            || !auth.client_ids.is_empty();
+        if mode == AuthMode::None && has_policy {
+            self.problem(
+                auth_at.child_key("mode"),
+                "roles, scopes, claims and client ids need `mode: required` (or optional)",
+            );
         }
         if route.auth.api_keys && config.identity.api_keys.is_empty() {
             self.problem(
@@ -382,10 +392,7 @@ impl<'a> Checker<'a> {
             );
         }
         let can_use_api_keys = route.auth.api_keys && !config.identity.api_keys.is_empty();
-        if route.auth.mode != AuthMode::None
-            && config.identity.providers.is_empty()
-            && !can_use_api_keys
-        {
+        if mode != AuthMode::None && config.identity.providers.is_empty() && !can_use_api_keys {
             self.problem(
                 auth_at.child_key("mode"),
                 "needs at least one `identity.providers` entry",

@@ -95,6 +95,12 @@ impl Gateway {
                     .await
             }
         };
+        // The reason, never the token.
+        log::info!(
+            "request {}: {} ({error})",
+            headers::request_id_str(&ctx.request_id),
+            status.status()
+        );
         let challenge = http::HeaderValue::from_str(&challenge).ok();
         self.reject_with(session, ctx, status, challenge).await
     }

@@ -107,7 +107,7 @@ impl Snapshot {
         let route_auth = config
             .routes
             .iter()
-            .map(|r| RoutePolicy::compile(&r.auth, &config.identity.providers))
+            .map(|r| RoutePolicy::compile(&r.auth, &config.identity))
             .collect();
         let listeners = config.listeners.iter().map(listener_policy).collect();
         let limits = &config.server.limits;

@@ -894,3 +894,95 @@ async fn static_pem_public_keys() {
         assert_eq!(got, *status, "case {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_claims_client_ids_and_global_default_mode() {
+    let echo = Backend::start("echo").await;
+    let server = KeyServer::start(&["rsa-a"]).await;
+    let idp = Idp { server };
+    let config = format!(
+        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  default_mode: required\n  providers:\n    - {{ name: sso, issuer: '{}', audiences: [api] }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: open, match: {{ path_prefix: /open }}, upstream: echo, auth: {{ mode: none }} }}\n  - {{ name: scoped, match: {{ path_prefix: /scoped }}, upstream: echo, auth: {{ scopes_any: ['orders:read', 'orders:admin'], scopes_all: [openid] }} }}\n  - {{ name: tenant, match: {{ path_prefix: /tenant }}, upstream: echo, auth: {{ claims: {{ tenant: acme, groups: ops }} }} }}\n  - {{ name: client, match: {{ path_prefix: /client }}, upstream: echo, auth: {{ client_ids: [svc-a] }} }}\n  - {{ name: implicit, match: {{ path_prefix: /implicit }}, upstream: echo }}\n",
+        idp.server.url, echo.addr
+    );
+    let gateway = Gateway::start(&config).await;
+    let token = |extra: Value| {
+        let mut claims = idp.claims("u", &[]);
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        idp.token_with("rsa-a", Algorithm::RS256, &claims)
+    };
+    let cases: Vec<(&str, Option<String>, u16)> = vec![
+        ("/open", None, 200),
+        ("/implicit", None, 401),
+        ("/implicit", Some(token(json!({}))), 200),
+        (
+            "/scoped",
+            Some(token(json!({"scope": "openid orders:read"}))),
+            200,
+        ),
+        (
+            "/scoped",
+            Some(token(json!({"scp": ["openid", "orders:admin"]}))),
+            200,
+        ),
+        ("/scoped", Some(token(json!({"scope": "orders:read"}))), 403),
+        (
+            "/scoped",
+            Some(token(json!({"scope": "openid profile"}))),
+            403,
+        ),
+        (
+            "/tenant",
+            Some(token(json!({"tenant": "acme", "groups": ["dev", "ops"]}))),
+            200,
+        ),
+        (
+            "/tenant",
+            Some(token(json!({"tenant": "globex", "groups": ["ops"]}))),
+            403,
+        ),
+        ("/tenant", Some(token(json!({"tenant": "acme"}))), 403),
+        ("/client", Some(token(json!({"client_id": "svc-a"}))), 200),
+        ("/client", Some(token(json!({"azp": "svc-a"}))), 200),
+        ("/client", Some(token(json!({"client_id": "svc-b"}))), 403),
+        ("/client", Some(token(json!({}))), 403),
+    ];
+    let mut failures = Vec::new();
+    for (path, token, want) in &cases {
+        let got = call(&gateway, "GET", path, token.as_deref())
+            .await
+            .status()
+            .as_u16();
+        if got != *want {
+            failures.push(format!("{path}: got {got}, want {want}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Rejections are logged with their reason and request id, never the token.
+    let logs = gateway.stderr();
+    assert!(
+        logs.contains("403 (the caller lacks a required role)"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_is_forwarded_only_when_configured() {
+    let echo = Backend::start("echo").await;
+    let server = KeyServer::start(&["rsa-a"]).await;
+    let idp = Idp { server };
+    let text = config(&echo, &idp.server).replace(
+        "  headers:\n",
+        "  forward_authorization: true\n  headers:\n",
+    );
+    let gateway = Gateway::start(&text).await;
+    let token = idp.token("alice", &[]);
+    let seen: Echo = call(&gateway, "GET", "/me", Some(&token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen.headers["authorization"], format!("Bearer {token}"));
+    assert_eq!(seen.headers["x-user-id"], "alice");
+}

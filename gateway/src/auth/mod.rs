@@ -46,6 +46,12 @@ pub struct Identity {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The mapped claims (claim path → value), for the internal token.
     pub claims: Vec<(String, serde_json::Value)>,
+    /// Granted scopes (`scope` or `scp`).
+    pub scopes: Vec<String>,
+    /// `client_id` or `azp`.
+    pub client_id: Option<String>,
+    /// Every claim, for the routes' claim matchers.
+    pub raw_claims: serde_json::Map<String, serde_json::Value>,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
 }
@@ -65,14 +71,19 @@ pub struct RoutePolicy {
     providers: Vec<usize>,
     roles_any: Vec<String>,
     roles_all: Vec<String>,
+    scopes_any: Vec<String>,
+    scopes_all: Vec<String>,
+    claims: Vec<(String, String)>,
+    client_ids: Vec<String>,
     /// API keys are accepted too.
     pub api_keys: bool,
 }
 
 impl RoutePolicy {
-    pub fn compile(auth: &config::RouteAuth, providers: &[config::Provider]) -> RoutePolicy {
+    pub fn compile(auth: &config::RouteAuth, identity: &config::Identity) -> RoutePolicy {
+        let providers = &identity.providers;
         RoutePolicy {
-            mode: auth.mode,
+            mode: auth.mode.unwrap_or(identity.default_mode),
             providers: auth
                 .providers
                 .iter()
@@ -80,15 +91,44 @@ impl RoutePolicy {
                 .collect(),
             roles_any: auth.roles_any.clone(),
             roles_all: auth.roles_all.clone(),
+            scopes_any: auth.scopes_any.clone(),
+            scopes_all: auth.scopes_all.clone(),
+            claims: auth
+                .claims
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            client_ids: auth.client_ids.clone(),
             api_keys: auth.api_keys,
         }
     }
 
-    /// RBAC: every role of `roles_all`, and one of `roles_any` if given.
+    /// RBAC: roles (all of `roles_all`, one of `roles_any`), scopes the
+    /// same way, claim matchers, allowed client ids.
     pub fn allows(&self, identity: &Identity) -> bool {
-        let has = |role: &String| identity.roles.iter().any(|r| r == role);
-        self.roles_all.iter().all(has)
-            && (self.roles_any.is_empty() || self.roles_any.iter().any(has))
+        let any_all = |have: &[String], any: &[String], all: &[String]| {
+            let has = |want: &String| have.iter().any(|h| h == want);
+            all.iter().all(has) && (any.is_empty() || any.iter().any(has))
+        };
+        any_all(&identity.roles, &self.roles_any, &self.roles_all)
+            && any_all(&identity.scopes, &self.scopes_any, &self.scopes_all)
+            && (self.client_ids.is_empty()
+                || identity
+                    .client_id
+                    .as_ref()
+                    .is_some_and(|c| self.client_ids.contains(c)))
+            && self.claims.iter().all(|(path, want)| {
+                match lookup_claim(&identity.raw_claims, path) {
+                    Some(serde_json::Value::String(s)) => s == want,
+                    Some(serde_json::Value::Array(items)) => {
+                        items.iter().any(|i| i.as_str() == Some(want.as_str()))
+                    }
+                    Some(other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        other.to_string() == *want
+                    }
+                    _ => false,
+                }
+            })
     }
 
     fn accepts_provider(&self, provider: usize) -> bool {
@@ -637,12 +677,23 @@ impl Authenticator {
             .filter(|m| m.claim != ROLES_CLAIM && m.claim != "sub")
             .filter_map(|m| Some((m.claim.clone(), lookup_claim(claims, &m.claim)?.clone())))
             .collect();
+        let mut scopes = claims::roles(claims, "scope");
+        if scopes.is_empty() {
+            scopes = claims::roles(claims, "scp");
+        }
+        let client_id = ["client_id", "azp"]
+            .iter()
+            .find_map(|c| claims.get(*c).and_then(|v| v.as_str()))
+            .map(str::to_owned);
         Identity {
             provider,
             subject,
             roles,
             headers,
             claims: mapped,
+            scopes,
+            client_id,
+            raw_claims: claims.clone(),
             expires_at,
         }
     }

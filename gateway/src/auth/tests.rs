@@ -66,6 +66,9 @@ fn rbac_any_and_all() {
         roles: roles.iter().map(|r| r.to_string()).collect(),
         headers: Vec::new(),
         claims: Vec::new(),
+        scopes: Vec::new(),
+        client_id: None,
+        raw_claims: serde_json::Map::new(),
         expires_at: 0,
     };
     let policy = |any: &[&str], all: &[&str]| RoutePolicy {
@@ -73,6 +76,10 @@ fn rbac_any_and_all() {
         providers: Vec::new(),
         roles_any: any.iter().map(|r| r.to_string()).collect(),
         roles_all: all.iter().map(|r| r.to_string()).collect(),
+        scopes_any: Vec::new(),
+        scopes_all: Vec::new(),
+        claims: Vec::new(),
+        client_ids: Vec::new(),
         api_keys: false,
     };
     assert!(policy(&[], &[]).allows(&identity(&[])));
