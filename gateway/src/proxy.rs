@@ -563,6 +563,9 @@ impl ProxyHttp for Gateway {
             session.response_written(),
             error.response(headers::request_id_str(&ctx.request_id)),
         ) {
+            // pingora closes the connection after a failed proxy attempt:
+            // say so, or a client may send its next request into the close.
+            session.set_keepalive(None);
             let _ = session.write_response_header(Box::new(header), false).await;
             let _ = session.write_response_body(Some(body), true).await;
         }

@@ -79,11 +79,16 @@ async fn killed_target_gives_json_error_never_a_hang() {
     let client = client();
     for _ in 0..8 {
         let started = Instant::now();
-        let response = client.get(gateway.url("/after-kill")).send().await.unwrap();
+        let response = match client.get(gateway.url("/after-kill")).send().await {
+            Ok(response) => response,
+            Err(e) => panic!("{e:?}\n{}", gateway.stderr()),
+        };
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
         assert!(status == 502 || status == 503, "status {status}");
         assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+        // The gateway closes after a failed attempt, and says so.
+        assert_eq!(response.headers()["connection"], "close");
         let id = response.headers()["x-request-id"]
             .to_str()
             .unwrap()

@@ -123,9 +123,8 @@ impl RoutePolicy {
                     Some(serde_json::Value::Array(items)) => {
                         items.iter().any(|i| i.as_str() == Some(want.as_str()))
                     }
-                    Some(other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                        other.to_string() == *want
-                    }
+                    Some(serde_json::Value::Number(n)) => want.parse::<f64>().ok() == n.as_f64(),
+                    Some(serde_json::Value::Bool(b)) => want.parse::<bool>().ok() == Some(*b),
                     _ => false,
                 }
             })
