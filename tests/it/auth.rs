@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
-use crate::support::{client, Backend, Echo, Gateway};
+use crate::support::{client, with_plain_listener, Backend, Echo, Gateway};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
 
@@ -150,10 +150,10 @@ impl Idp {
 }
 
 fn config(echo: &Backend, idp: &KeyServer) -> String {
-    format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - {{ name: sso, issuer: '{}', audiences: [api], leeway: 5s, roles_claim: realm_access.roles, min_refetch_interval: 2s }}\n  headers:\n    X-User-Id: sub\n    X-User-Email: email\n    X-User-Roles: realm_access.roles\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: public, match: {{ path_prefix: /public }}, upstream: echo }}\n  - {{ name: orders, match: {{ path_prefix: /orders }}, upstream: echo, auth: {{ mode: required, roles_any: [orders-reader, admin] }} }}\n  - {{ name: admin, match: {{ path_prefix: /admin }}, upstream: echo, auth: {{ mode: required, roles_all: [admin, ops] }} }}\n  - {{ name: me, match: {{ path_prefix: /me }}, upstream: echo, auth: {{ mode: required }} }}\n  - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ mode: optional }} }}\n",
+    with_plain_listener(&format!(
+        "identity:\n  providers:\n    - {{ name: sso, issuer: '{}', audiences: [api], leeway: 5s, roles_claim: realm_access.roles, min_refetch_interval: 2s }}\n  headers:\n    X-User-Id: sub\n    X-User-Email: email\n    X-User-Roles: realm_access.roles\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: public, match: {{ path_prefix: /public }}, upstream: echo }}\n  - {{ name: orders, match: {{ path_prefix: /orders }}, upstream: echo, auth: {{ mode: required, roles_any: [orders-reader, admin] }} }}\n  - {{ name: admin, match: {{ path_prefix: /admin }}, upstream: echo, auth: {{ mode: required, roles_all: [admin, ops] }} }}\n  - {{ name: me, match: {{ path_prefix: /me }}, upstream: echo, auth: {{ mode: required }} }}\n  - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: echo, auth: {{ mode: optional }} }}\n",
         idp.url, echo.addr
-    )
+    ))
 }
 
 async fn setup(kids: &[&'static str]) -> (Gateway, Idp, Backend) {
@@ -555,38 +555,22 @@ async fn identity_headers_cannot_be_spoofed() {
             );
         }
     };
-    // Authenticated route.
-    let echo_seen: Echo = send("GET", "/orders/1", true)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    check(&echo_seen, Some("alice"));
-    // Route without auth.
-    let echo_seen: Echo = send("GET", "/public/x", false)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    check(&echo_seen, None);
-    // Optional auth without a token.
-    let echo_seen: Echo = send("GET", "/maybe/x", false)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    check(&echo_seen, None);
-    // CORS preflight.
-    let echo_seen: Echo = send("OPTIONS", "/public/x", false)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    check(&echo_seen, None);
+    // An authenticated route, a route without auth, optional auth without
+    // a token, and a CORS preflight.
+    for (method, path, with_token, user) in [
+        ("GET", "/orders/1", true, Some("alice")),
+        ("GET", "/public/x", false, None),
+        ("GET", "/maybe/x", false, None),
+        ("OPTIONS", "/public/x", false, None),
+    ] {
+        let seen: Echo = send(method, path, with_token)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        check(&seen, user);
+    }
     assert!(echo.hits.load(Ordering::SeqCst) >= 4);
 }
 
@@ -834,10 +818,10 @@ fn sha256_hex(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_pem_public_keys() {
     let echo = Backend::start("echo").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - name: pem\n      issuer: 'https://pem.example.com'\n      audiences: [api]\n      public_keys:\n        - {{ file: '{FIXTURES}/ec-p256.pub.pem', kid: static-ec }}\n        - {{ file: '{FIXTURES}/rsa-a.pub.pem', kid: static-rsa }}\n        - {{ file: '{FIXTURES}/ed25519.pub.pem' }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: r, upstream: echo, auth: {{ mode: required }} }}\n",
+    let config = with_plain_listener(&format!(
+        "identity:\n  providers:\n    - name: pem\n      issuer: 'https://pem.example.com'\n      audiences: [api]\n      public_keys:\n        - {{ file: '{FIXTURES}/ec-p256.pub.pem', kid: static-ec }}\n        - {{ file: '{FIXTURES}/rsa-a.pub.pem', kid: static-rsa }}\n        - {{ file: '{FIXTURES}/ed25519.pub.pem' }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: r, upstream: echo, auth: {{ mode: required }} }}\n",
         echo.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     let claims =
         json!({"iss": "https://pem.example.com", "aud": "api", "sub": "s", "exp": now() + 60});
@@ -900,10 +884,10 @@ async fn scopes_claims_client_ids_and_global_default_mode() {
     let echo = Backend::start("echo").await;
     let server = KeyServer::start(&["rsa-a"]).await;
     let idp = Idp { server };
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  default_mode: required\n  providers:\n    - {{ name: sso, issuer: '{}', audiences: [api] }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: open, match: {{ path_prefix: /open }}, upstream: echo, auth: {{ mode: none }} }}\n  - {{ name: scoped, match: {{ path_prefix: /scoped }}, upstream: echo, auth: {{ scopes_any: ['orders:read', 'orders:admin'], scopes_all: [openid] }} }}\n  - {{ name: tenant, match: {{ path_prefix: /tenant }}, upstream: echo, auth: {{ claims: {{ tenant: acme, groups: ops }} }} }}\n  - {{ name: client, match: {{ path_prefix: /client }}, upstream: echo, auth: {{ client_ids: [svc-a] }} }}\n  - {{ name: implicit, match: {{ path_prefix: /implicit }}, upstream: echo }}\n",
+    let config = with_plain_listener(&format!(
+        "identity:\n  default_mode: required\n  providers:\n    - {{ name: sso, issuer: '{}', audiences: [api] }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: open, match: {{ path_prefix: /open }}, upstream: echo, auth: {{ mode: none }} }}\n  - {{ name: scoped, match: {{ path_prefix: /scoped }}, upstream: echo, auth: {{ scopes_any: ['orders:read', 'orders:admin'], scopes_all: [openid] }} }}\n  - {{ name: tenant, match: {{ path_prefix: /tenant }}, upstream: echo, auth: {{ claims: {{ tenant: acme, groups: ops }} }} }}\n  - {{ name: client, match: {{ path_prefix: /client }}, upstream: echo, auth: {{ client_ids: [svc-a] }} }}\n  - {{ name: implicit, match: {{ path_prefix: /implicit }}, upstream: echo }}\n",
         idp.server.url, echo.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     let token = |extra: Value| {
         let mut claims = idp.claims("u", &[]);

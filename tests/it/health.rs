@@ -1,14 +1,14 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::support::{client, eventually, Backend, Gateway};
+use crate::support::{client, eventually, with_plain_listener, Backend, Gateway};
 
 fn config(targets: &[&Backend], extra: &str) -> String {
     let list: Vec<String> = targets.iter().map(|b| format!("'{}'", b.addr)).collect();
-    format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver: {{ access_log: false }}\nupstreams:\n  pool:\n    targets: [{}]\n{extra}routes:\n  - {{ name: all, upstream: pool }}\n",
+    with_plain_listener(&format!(
+        "server: {{ access_log: false }}\nupstreams:\n  pool:\n    targets: [{}]\n{extra}routes:\n  - {{ name: all, upstream: pool }}\n",
         list.join(", ")
-    )
+    ))
 }
 
 async fn backends_hit(gateway: &Gateway, n: usize) -> Vec<String> {

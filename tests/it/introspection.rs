@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::support::{client, Backend, Echo, Gateway};
+use crate::support::{client, with_plain_listener, Backend, Echo, Gateway};
 
 #[derive(Clone, Default)]
 struct Stub {
@@ -69,10 +69,10 @@ async fn start_stub(stub: Stub) -> String {
 }
 
 fn config(echo: &Backend, endpoint: &str, on_error: &str) -> String {
-    format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - name: idp\n      issuer: 'https://idp.example.com'\n      jwks_uri: 'http://127.0.0.1:9/jwks'\n      audiences: [api]\n      roles_claim: scope\n      fetch_timeout: 1s\n      introspection: {{ endpoint: '{endpoint}', client_id: gateway, client_secret: 'not-a-real-secret', max_ttl: 1s, negative_ttl: 1s, on_error: {on_error} }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: r, upstream: echo, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n",
+    with_plain_listener(&format!(
+        "identity:\n  providers:\n    - name: idp\n      issuer: 'https://idp.example.com'\n      jwks_uri: 'http://127.0.0.1:9/jwks'\n      audiences: [api]\n      roles_claim: scope\n      fetch_timeout: 1s\n      introspection: {{ endpoint: '{endpoint}', client_id: gateway, client_secret: 'not-a-real-secret', max_ttl: 1s, negative_ttl: 1s, on_error: {on_error} }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: r, upstream: echo, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n",
         echo.addr
-    )
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{admin_get, client, eventually, Backend, Gateway};
+use crate::support::{admin_get, client, eventually, with_plain_listener, Backend, Gateway};
 
 fn config(echo: &Backend, tag: &str) -> String {
-    format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver: {{ access_log: false, grace_period: 20s }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - name: all\n    upstream: echo\n    response_headers: {{ set: {{ x-config: {tag} }} }}\n",
+    with_plain_listener(&format!(
+        "server: {{ access_log: false, grace_period: 20s }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - name: all\n    upstream: echo\n    response_headers: {{ set: {{ x-config: {tag} }} }}\n",
         echo.addr
-    )
+    ))
 }
 
 /// Runs `workers` request loops until `stop`, at most `max_each` requests

@@ -2,13 +2,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{client, Backend, Gateway};
+use crate::support::{client, with_plain_listener, Backend, Gateway};
 
 fn config(echo: &Backend) -> String {
-    format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver:\n  limits: {{ max_body_size: 1KiB, max_header_size: 2KiB, max_header_count: 20, header_timeout: 2s }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+    with_plain_listener(&format!(
+        "server:\n  limits: {{ max_body_size: 1KiB, max_header_size: 2KiB, max_header_count: 20, header_timeout: 2s }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
         echo.addr
-    )
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{client, eventually, free_port, Backend, Echo, Gateway};
+use crate::support::{client, eventually, free_port, with_plain_listener, Backend, Echo, Gateway};
 
 const CLIENT_ID: &str = "orders-service";
 const CLIENT_SECRET: &str = "a-test-secret-that-is-only-used-on-loopback";
@@ -90,10 +90,10 @@ fn header_alg(token: &str) -> String {
 async fn oidc_provider_tokens_pass_with_identity_headers() {
     let op = OpenIdProvider::start().await;
     let echo = Backend::start("orders").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - {{ name: op, issuer: '{}', audiences: [api], roles_claim: scope, require_at_jwt: true }}\n  headers:\n    X-User-Id: sub\n    X-Client-Id: client_id\n    X-User-Scopes: scope\nupstreams:\n  orders: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: read, match: {{ path_prefix: /orders, methods: [GET] }}, upstream: orders, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n  - {{ name: write, match: {{ path_prefix: /orders }}, upstream: orders, auth: {{ mode: required, roles_all: ['orders:write'] }} }}\n",
+    let config = with_plain_listener(&format!(
+        "identity:\n  providers:\n    - {{ name: op, issuer: '{}', audiences: [api], roles_claim: scope, require_at_jwt: true }}\n  headers:\n    X-User-Id: sub\n    X-Client-Id: client_id\n    X-User-Scopes: scope\nupstreams:\n  orders: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: read, match: {{ path_prefix: /orders, methods: [GET] }}, upstream: orders, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n  - {{ name: write, match: {{ path_prefix: /orders }}, upstream: orders, auth: {{ mode: required, roles_all: ['orders:write'] }} }}\n",
         op.issuer, echo.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
 
     let rs = op.token("urn:api:rs", "orders:read").await;
@@ -139,10 +139,10 @@ async fn oidc_provider_tokens_pass_with_identity_headers() {
 async fn oidc_provider_opaque_tokens_by_introspection_and_revocation() {
     let op = OpenIdProvider::start().await;
     let echo = Backend::start("orders").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nidentity:\n  providers:\n    - name: op\n      issuer: '{}'\n      audiences: [api]\n      roles_claim: scope\n      introspection: {{ client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}, max_ttl: 1s }}\n  headers:\n    X-Client-Id: client_id\n    X-User-Scopes: scope\nupstreams:\n  orders: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: read, match: {{ path_prefix: /orders }}, upstream: orders, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n",
+    let config = with_plain_listener(&format!(
+        "identity:\n  providers:\n    - name: op\n      issuer: '{}'\n      audiences: [api]\n      roles_claim: scope\n      introspection: {{ client_id: {CLIENT_ID}, client_secret: {CLIENT_SECRET}, max_ttl: 1s }}\n  headers:\n    X-Client-Id: client_id\n    X-User-Scopes: scope\nupstreams:\n  orders: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: read, match: {{ path_prefix: /orders }}, upstream: orders, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n",
         op.issuer, echo.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     let opaque = op.token("urn:api:opaque", "orders:read").await;
     assert_eq!(

@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use crate::support::{client, Backend, Echo, Gateway};
+use crate::support::{client, with_plain_listener, Backend, Echo, Gateway};
 
 fn routing_config(echo: &Backend) -> String {
     let route = |name: &str, body: &str| {
@@ -8,10 +8,10 @@ fn routing_config(echo: &Backend) -> String {
             "  - name: {name}\n{body}    upstream: echo\n    response_headers: {{ set: {{ x-route: {name} }} }}\n"
         )
     };
-    let mut config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver: {{ access_log: false }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n",
+    let mut config = with_plain_listener(&format!(
+        "server: {{ access_log: false }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n",
         echo.addr
-    );
+    ));
     for (name, body) in [
         ("host-exact-path", "    match: { hosts: [api.example.com], path: /status }\n"),
         ("host-prefix", "    match: { hosts: [api.example.com], path_prefix: /orders }\n"),
@@ -147,10 +147,10 @@ async fn strip_prefix_and_rewrite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_route_is_json_404_with_request_id() {
     let echo = Backend::start("echo").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: only, match: {{ path: /only }}, upstream: echo }}\n",
+    let config = with_plain_listener(&format!(
+        "upstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: only, match: {{ path: /only }}, upstream: echo }}\n",
         echo.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     let response = client().get(gateway.url("/missing")).send().await.unwrap();
     assert_eq!(response.status(), 404);
@@ -194,10 +194,10 @@ async fn no_route_is_json_404_with_request_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_forwarding_headers_are_replaced() {
     let echo = Backend::start("echo").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+    let config = with_plain_listener(&format!(
+        "upstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
         echo.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     let echo: Echo = client()
         .get(gateway.url("/"))
@@ -238,10 +238,10 @@ async fn untrusted_forwarding_headers_are_replaced() {
 async fn weighted_split_within_five_percent() {
     let stable = Backend::start("stable").await;
     let canary = Backend::start("canary").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver: {{ access_log: false }}\nupstreams:\n  stable: {{ targets: ['{}'] }}\n  canary: {{ targets: ['{}'] }}\nroutes:\n  - name: split\n    split: [ {{ upstream: stable, weight: 80 }}, {{ upstream: canary, weight: 20 }} ]\n",
+    let config = with_plain_listener(&format!(
+        "server: {{ access_log: false }}\nupstreams:\n  stable: {{ targets: ['{}'] }}\n  canary: {{ targets: ['{}'] }}\nroutes:\n  - name: split\n    split: [ {{ upstream: stable, weight: 80 }}, {{ upstream: canary, weight: 20 }} ]\n",
         stable.addr, canary.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     let client = client();
     const TOTAL: usize = 2000;

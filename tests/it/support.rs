@@ -352,3 +352,11 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// A gateway config with the usual plain listener and admin address in
+/// front of `rest` (which may use the same placeholders).
+pub fn with_plain_listener(rest: &str) -> String {
+    format!(
+        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\n{rest}"
+    )
+}

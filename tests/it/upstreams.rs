@@ -5,7 +5,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
-use crate::support::{client, Backend, Echo, Gateway};
+use crate::support::{client, with_plain_listener, Backend, Echo, Gateway};
 use crate::tls::TestCa;
 
 /// A real HTTPS backend (hyper over tokio-rustls) for `backend.test`.
@@ -59,9 +59,9 @@ async fn tls_upstream_verified_with_configured_ca() {
     std::fs::write(dir.path().join("backend-ca.pem"), ca.pem()).unwrap();
     let other = TestCa::new("unrelated CA");
     std::fs::write(dir.path().join("other-ca.pem"), other.pem()).unwrap();
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nupstreams:\n  good: {{ targets: ['{addr}'], tls: {{ sni: backend.test, ca: '{{DIR}}/backend-ca.pem' }} }}\n  bad: {{ targets: ['{addr}'], tls: {{ sni: backend.test, ca: '{{DIR}}/other-ca.pem' }}, passive_health: {{ max_failures: 0 }} }}\nroutes:\n  - {{ name: good, match: {{ path_prefix: /good }}, upstream: good }}\n  - {{ name: bad, match: {{ path_prefix: /bad }}, upstream: bad }}\n"
-    );
+    let config = with_plain_listener(&format!(
+        "upstreams:\n  good: {{ targets: ['{addr}'], tls: {{ sni: backend.test, ca: '{{DIR}}/backend-ca.pem' }} }}\n  bad: {{ targets: ['{addr}'], tls: {{ sni: backend.test, ca: '{{DIR}}/other-ca.pem' }}, passive_health: {{ max_failures: 0 }} }}\nroutes:\n  - {{ name: good, match: {{ path_prefix: /good }}, upstream: good }}\n  - {{ name: bad, match: {{ path_prefix: /bad }}, upstream: bad }}\n"
+    ));
     let gateway = Gateway::start_in(dir, &config).await;
     let response = client().get(gateway.url("/good/x")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -74,10 +74,10 @@ async fn tls_upstream_verified_with_configured_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_named_targets_are_resolved() {
     let echo = Backend::start("echo").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nupstreams:\n  named: {{ targets: ['localhost:{}'], dns_refresh: 1s }}\nroutes:\n  - {{ name: all, upstream: named }}\n",
+    let config = with_plain_listener(&format!(
+        "upstreams:\n  named: {{ targets: ['localhost:{}'], dns_refresh: 1s }}\nroutes:\n  - {{ name: all, upstream: named }}\n",
         echo.addr.port()
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     // The first requests may race the first resolution: 503 then 200.
     let served = crate::support::eventually(std::time::Duration::from_secs(5), || async {
@@ -145,10 +145,10 @@ async fn redirect_to_https_and_trace_context() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_metrics_config_and_health() {
     let echo = Backend::start("echo").await;
-    let config = format!(
-        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: things, match: {{ path_prefix: /things }}, upstream: echo }}\n",
+    let config = with_plain_listener(&format!(
+        "upstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: things, match: {{ path_prefix: /things }}, upstream: echo }}\n",
         echo.addr
-    );
+    ));
     let gateway = Gateway::start(&config).await;
     for _ in 0..3 {
         client().get(gateway.url("/things/1")).send().await.unwrap();
