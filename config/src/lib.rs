@@ -11,7 +11,7 @@ pub mod model;
 mod secret;
 pub mod units;
 mod validate;
-pub use validate::{check_path_template, resolve_path};
+pub use validate::{check_path_template, parse_rate, resolve_path};
 pub mod yaml;
 
 use std::collections::HashMap;

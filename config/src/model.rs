@@ -35,6 +35,106 @@ pub struct FileConfig {
     /// Token validation and the identity headers sent to backends.
     #[serde(default)]
     pub identity: Identity,
+    /// The Redis server for global rate limits. Defaults to none.
+    #[serde(default)]
+    pub redis: Option<Redis>,
+    /// Where rate-limit counters live and what happens when Redis fails.
+    #[serde(default)]
+    pub rate_limits: RateLimitSettings,
+}
+
+/// A Redis server.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redis {
+    /// `redis://host:port[/db]`; a password belongs in `${ENV}`.
+    pub url: Secret,
+    /// Longest wait for one Redis call. Defaults to 100ms.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Duration,
+    /// Prefix of every key. Defaults to `portcullis`.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration(std::time::Duration::from_millis(100))
+}
+fn default_redis_prefix() -> String {
+    "portcullis".to_owned()
+}
+
+/// Rate-limit storage.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// `memory` (default: this process only) or `redis` (global across replicas).
+    #[serde(default)]
+    pub store: RateLimitStore,
+    /// When Redis cannot answer: `local_fallback` (default: each replica
+    /// enforces rate / `replicas` in memory until Redis is back),
+    /// `fail_open` (allow), `fail_closed` (503).
+    #[serde(default)]
+    pub on_redis_error: RedisFailure,
+    /// Replicas sharing the global limit, for `local_fallback`. Defaults to 1.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Send the `RateLimit` header on allowed responses too. Defaults to false.
+    #[serde(default)]
+    pub headers_on_success: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitStore {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailure {
+    #[default]
+    LocalFallback,
+    FailOpen,
+    FailClosed,
+}
+
+/// One rate limit of a route.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimit {
+    /// Name in the `RateLimit-Policy` header. Defaults to the key.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What is counted: `client_ip`, `user`, `client_id`, `api_key`,
+    /// `route`, `header:NAME`, or a list of them (combined). `user` and
+    /// `client_id` fall back to the client IP for anonymous calls.
+    #[schemars(with = "serde_json::Value")]
+    #[serde(deserialize_with = "one_or_many")]
+    pub key: Vec<String>,
+    /// `N/s`, `N/m` or `N/h`, e.g. `100/s`, `10000/h`.
+    pub rate: String,
+    /// Requests allowed at once above the steady rate. Defaults to N.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(key)) => Ok(vec![key]),
+        Ok(OneOrMany::Many(keys)) => Ok(keys),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a key (`client_ip`, `user`, ...) or a list of keys",
+        )),
+    }
 }
 
 /// Who may call: token issuers and how identities reach backends.
@@ -825,6 +925,9 @@ pub struct Route {
     /// Token check and roles. Defaults to no authentication.
     #[serde(default)]
     pub auth: RouteAuth,
+    /// Rate limits; a request must pass all. Defaults to none.
+    #[serde(default)]
+    pub rate_limits: Vec<RouteLimit>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

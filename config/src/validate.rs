@@ -399,6 +399,43 @@ impl<'a> Checker<'a> {
             );
         }
 
+        for (i, limit) in route.rate_limits.iter().enumerate() {
+            let l_at = at.child_key("rate_limits").child_index(i);
+            if let Err(message) = parse_rate(&limit.rate) {
+                self.problem(l_at.child_key("rate"), message);
+            }
+            if limit.key.is_empty() {
+                self.problem(l_at.child_key("key"), "at least one key is required");
+            }
+            for key in &limit.key {
+                let ok = match key.strip_prefix("header:") {
+                    Some(name) => http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+                    None => matches!(
+                        key.as_str(),
+                        "client_ip" | "user" | "client_id" | "api_key" | "route"
+                    ),
+                };
+                if !ok {
+                    self.problem(
+                        l_at.child_key("key"),
+                        format!("`{key}` is not a key: client_ip, user, client_id, api_key, route, header:NAME"),
+                    );
+                }
+            }
+            if limit.burst == Some(0) {
+                self.problem(l_at.child_key("burst"), "must be at least 1");
+            }
+        }
+        if !route.rate_limits.is_empty()
+            && config.rate_limits.store == RateLimitStore::Redis
+            && config.redis.is_none()
+        {
+            self.problem(
+                root().child_key("redis"),
+                "`rate_limits.store: redis` needs a `redis` section",
+            );
+        }
+
         let matcher_at = at.child_key("match");
         let m = &route.matcher;
         for (i, host) in m.hosts.iter().enumerate() {
@@ -571,6 +608,23 @@ pub fn check_path_template(path: &str) -> Result<Vec<String>, String> {
         }
     }
     Ok(names)
+}
+
+/// `N/s`, `N/m`, `N/h` → (requests, period).
+pub fn parse_rate(rate: &str) -> Result<(u32, std::time::Duration), String> {
+    let err = || format!("`{rate}` is not a rate: write `100/s`, `600/m` or `10000/h`");
+    let (count, unit) = rate.split_once('/').ok_or_else(err)?;
+    let count: u32 = count.trim().parse().map_err(|_| err())?;
+    let period = match unit.trim() {
+        "s" | "second" => 1,
+        "m" | "minute" => 60,
+        "h" | "hour" => 3600,
+        _ => return Err(err()),
+    };
+    if count == 0 {
+        return Err(err());
+    }
+    Ok((count, std::time::Duration::from_secs(period)))
 }
 
 /// A file named in the config, relative to the config file's folder.

@@ -15,6 +15,10 @@ pub enum GatewayError {
     Forbidden,
     #[error("the identity provider is unavailable")]
     IdentityUnavailable,
+    #[error("too many requests")]
+    TooManyRequests,
+    #[error("rate limiting is unavailable")]
+    LimiterUnavailable,
     #[error("no healthy upstream target")]
     NoHealthyTarget,
     #[error("upstream connection failed")]
@@ -41,7 +45,8 @@ impl GatewayError {
             GatewayError::NoRoute => 404,
             GatewayError::Unauthorized => 401,
             GatewayError::Forbidden => 403,
-            GatewayError::IdentityUnavailable => 503,
+            GatewayError::IdentityUnavailable | GatewayError::LimiterUnavailable => 503,
+            GatewayError::TooManyRequests => 429,
             GatewayError::NoHealthyTarget => 503,
             GatewayError::UpstreamConnect | GatewayError::UpstreamFailed => 502,
             GatewayError::UpstreamTimeout => 504,
@@ -59,6 +64,7 @@ impl GatewayError {
         match status {
             404 => GatewayError::NoRoute,
             401 => GatewayError::Unauthorized,
+            429 => GatewayError::TooManyRequests,
             403 => GatewayError::Forbidden,
             503 => GatewayError::NoHealthyTarget,
             504 => GatewayError::UpstreamTimeout,

@@ -14,6 +14,7 @@ pub mod guard;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;

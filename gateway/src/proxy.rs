@@ -27,6 +27,7 @@ use crate::auth::{AuthError, Identity};
 use crate::errors::GatewayError;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::metrics;
+use crate::ratelimit::{self, Decision};
 use crate::routing::RequestView;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::upstream::{HashKey, InFlight};
@@ -56,6 +57,8 @@ pub struct RequestCtx {
     identity: Option<Arc<Identity>>,
     /// The gateway's own token for the backend, when configured.
     internal_token: Option<http::HeaderValue>,
+    /// `RateLimit` for the response, when configured.
+    ratelimit: Option<http::HeaderValue>,
 }
 
 fn status_error(error: GatewayError) -> Box<Error> {
@@ -112,10 +115,26 @@ impl Gateway {
         error: GatewayError,
         challenge: Option<http::HeaderValue>,
     ) -> Result<bool> {
+        match challenge {
+            Some(challenge) => {
+                let extra = [(http::header::WWW_AUTHENTICATE, challenge)];
+                self.reject_headers(session, ctx, error, &extra).await
+            }
+            None => self.reject_headers(session, ctx, error, &[]).await,
+        }
+    }
+
+    async fn reject_headers(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: GatewayError,
+        extra: &[(http::HeaderName, http::HeaderValue)],
+    ) -> Result<bool> {
         ctx.error = Some(error);
         let (mut header, body) = error.response(headers::request_id_str(&ctx.request_id))?;
-        if let Some(challenge) = challenge {
-            header.insert_header(http::header::WWW_AUTHENTICATE, challenge)?;
+        for (name, value) in extra {
+            header.insert_header(name.clone(), value.clone())?;
         }
         // A body the client is still sending is not read: close afterwards.
         session.set_keepalive(None);
@@ -189,6 +208,7 @@ impl ProxyHttp for Gateway {
             is_tls: false,
             identity: None,
             internal_token: None,
+            ratelimit: None,
         }
     }
 
@@ -271,6 +291,46 @@ impl ProxyHttp for Gateway {
                     }
                     Ok(None) => {}
                     Err(e) => return self.reject_auth(session, ctx, e).await,
+                }
+            }
+        }
+
+        if snapshot.rate_limiter.has_limits(route_index) {
+            let identity = ctx.identity.as_deref();
+            let source = ratelimit::KeySource {
+                client_ip: ratelimit::client_ip(
+                    client_ip(session),
+                    &req.headers,
+                    &snapshot.trusted_proxies,
+                ),
+                user: identity.and_then(|i| i.subject.as_deref()),
+                client_id: identity.and_then(|i| i.client_id.as_deref()),
+                api_key: snapshot.auth.api_key(&req.headers).map(str::as_bytes),
+                headers: &req.headers,
+            };
+            match snapshot.rate_limiter.check(route_index, &source).await {
+                Decision::Allowed { header } => ctx.ratelimit = header,
+                Decision::Limited {
+                    retry_after_secs,
+                    policy,
+                    ratelimit,
+                } => {
+                    let extra = [
+                        (
+                            http::header::RETRY_AFTER,
+                            http::HeaderValue::from(retry_after_secs),
+                        ),
+                        (http::HeaderName::from_static("ratelimit-policy"), policy),
+                        (http::HeaderName::from_static("ratelimit"), ratelimit),
+                    ];
+                    return self
+                        .reject_headers(session, ctx, GatewayError::TooManyRequests, &extra)
+                        .await;
+                }
+                Decision::Unavailable => {
+                    return self
+                        .reject(session, ctx, GatewayError::LimiterUnavailable)
+                        .await
                 }
             }
         }
@@ -527,6 +587,9 @@ impl ProxyHttp for Gateway {
             .and_then(|l| l.hsts.as_ref())
         {
             response.insert_header(headers::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
+        if let Some(ratelimit) = &ctx.ratelimit {
+            response.insert_header("ratelimit", ratelimit.clone())?;
         }
         response.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
         Ok(())

@@ -13,10 +13,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use portcullis_config::{self as config, ValidConfig};
 
-use crate::auth::KeyRegistry;
 use crate::metrics::metrics;
-use crate::snapshot::{CompileError, SharedSnapshot, Snapshot};
-use crate::upstream::PoolRegistry;
+use crate::snapshot::{CompileError, Registries, SharedSnapshot, Snapshot};
 
 /// How often the config file is checked for changes.
 const WATCH_POLL: Duration = Duration::from_secs(1);
@@ -36,8 +34,7 @@ pub enum ReloadError {
 pub struct Reloader {
     path: PathBuf,
     shared: SharedSnapshot,
-    registry: PoolRegistry,
-    keys: KeyRegistry,
+    registries: Registries,
     runtime: tokio::runtime::Handle,
     generation: AtomicU64,
     /// One reload at a time: two triggers at once must not interleave.
@@ -82,15 +79,13 @@ impl Reloader {
         valid: Arc<ValidConfig>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Reloader, CompileError> {
-        let registry = PoolRegistry::default();
-        let keys = KeyRegistry::default();
-        let (snapshot, new_parts) = Snapshot::compile(valid.clone(), &registry, &keys, 1)?;
+        let registries = Registries::new(runtime.clone());
+        let (snapshot, new_parts) = Snapshot::compile(valid.clone(), &registries, 1)?;
         new_parts.start(&runtime);
         Ok(Reloader {
             path: valid.source.clone(),
             shared: Arc::new(ArcSwap::from_pointee(snapshot)),
-            registry,
-            keys,
+            registries,
             runtime,
             generation: AtomicU64::new(1),
             lock: Mutex::new(()),
@@ -139,8 +134,7 @@ impl Reloader {
             ));
         }
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let (snapshot, new_parts) =
-            Snapshot::compile(valid, &self.registry, &self.keys, generation)?;
+        let (snapshot, new_parts) = Snapshot::compile(valid, &self.registries, generation)?;
         new_parts.start(&self.runtime);
         self.shared.store(Arc::new(snapshot));
         self.generation.store(generation, Ordering::SeqCst);

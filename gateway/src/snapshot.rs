@@ -10,6 +10,7 @@ use portcullis_config::{self as config, ValidConfig};
 
 use crate::auth::{Authenticator, KeyError, KeyRegistry, ProviderKeys, RoutePolicy};
 use crate::metrics::{metrics, RouteMetrics};
+use crate::ratelimit::{LimitError, LimiterRegistry, RateLimiter};
 use crate::routing::{RouteError, Router};
 use crate::upstream::{Pool, PoolRegistry};
 
@@ -44,6 +45,8 @@ pub struct Snapshot {
     pub auth: Authenticator,
     /// Authentication and roles per route (same index as the router's routes).
     pub route_auth: Vec<RoutePolicy>,
+    /// Rate limits per route.
+    pub rate_limiter: RateLimiter,
     /// Metric series per route (same index as the router's routes).
     pub route_metrics: Vec<RouteMetrics>,
     /// Series for requests answered before a route was found.
@@ -53,6 +56,27 @@ pub struct Snapshot {
 }
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// State that outlives config reloads, and the runtime its tasks run on.
+pub struct Registries {
+    pub pools: PoolRegistry,
+    pub keys: KeyRegistry,
+    pub limiters: Arc<LimiterRegistry>,
+    pub control: tokio::runtime::Handle,
+}
+
+impl Registries {
+    pub fn new(control: tokio::runtime::Handle) -> Registries {
+        let limiters = Arc::new(LimiterRegistry::default());
+        limiters.spawn_cleanup(&control);
+        Registries {
+            pools: PoolRegistry::default(),
+            keys: KeyRegistry::default(),
+            limiters,
+            control,
+        }
+    }
+}
 
 /// What a compile created that needs background tasks.
 pub struct NewParts {
@@ -77,6 +101,8 @@ pub enum CompileError {
     Route(#[from] RouteError),
     #[error("identity provider keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("rate limits: {0}")]
+    Limits(#[from] LimitError),
 }
 
 impl Snapshot {
@@ -84,10 +110,11 @@ impl Snapshot {
     /// ones) are returned so the caller can start their background tasks.
     pub fn compile(
         valid: Arc<ValidConfig>,
-        registry: &PoolRegistry,
-        keys: &KeyRegistry,
+        registries: &Registries,
         generation: u64,
     ) -> Result<(Snapshot, NewParts), CompileError> {
+        let registry = &registries.pools;
+        let keys = &registries.keys;
         let config = &valid.config;
         let mut pools = Vec::with_capacity(config.upstreams.len());
         let mut new_pools = Vec::new();
@@ -109,6 +136,7 @@ impl Snapshot {
             .iter()
             .map(|r| RoutePolicy::compile(&r.auth, &config.identity))
             .collect();
+        let rate_limiter = RateLimiter::compile(config, &registries.limiters, &registries.control)?;
         let listeners = config.listeners.iter().map(listener_policy).collect();
         let limits = &config.server.limits;
         Ok((
@@ -127,6 +155,7 @@ impl Snapshot {
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 auth,
                 route_auth,
+                rate_limiter,
                 route_metrics: router
                     .routes()
                     .iter()

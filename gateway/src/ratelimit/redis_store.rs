@@ -1,0 +1,147 @@
+//! The Redis store: one `EVALSHA` of a GCRA script per decision (the same
+//! algorithm as the memory store), on a multiplexed connection that
+//! reconnects by itself. Every call has a timeout; after a failure Redis is
+//! skipped for a moment, so a dead Redis costs no timeout per request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_config as config;
+use redis::aio::ConnectionManager;
+
+use super::Outcome;
+
+/// GCRA with the server's clock (one clock for every replica). Times in
+/// microseconds. Returns {allowed, retry_after, remaining, reset}.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * burst
+if now < allow_at then
+  return {0, allow_at - now, 0, tat - now}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+local remaining = math.floor((now + interval * (burst - 1) - new_tat) / interval)
+return {1, 0, remaining, new_tat - now}
+"#;
+
+/// How long Redis is skipped after a failure.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("{0}")]
+    Client(#[from] redis::RedisError),
+    #[error("timed out")]
+    Timeout,
+    #[error("skipped after a recent failure")]
+    Backoff,
+    #[error("connection task failed")]
+    Task,
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    script: redis::Script,
+    timeout: Duration,
+    epoch: Instant,
+    down_until_ms: AtomicU64,
+    control: tokio::runtime::Handle,
+}
+
+impl RedisStore {
+    pub fn new(spec: &config::Redis, control: tokio::runtime::Handle) -> Result<Self, RedisError> {
+        Ok(RedisStore {
+            client: redis::Client::open(spec.url.expose())?,
+            connection: tokio::sync::Mutex::new(None),
+            script: redis::Script::new(GCRA),
+            timeout: spec.timeout.0,
+            epoch: Instant::now(),
+            down_until_ms: AtomicU64::new(0),
+            control,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        let mut slot = tokio::time::timeout(self.timeout, self.connection.lock())
+            .await
+            .map_err(|_| RedisError::Timeout)?;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        // The manager's driver task lives on the control runtime, which
+        // outlives every proxy worker.
+        let client = self.client.clone();
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let connect = self
+            .control
+            .spawn(async move { ConnectionManager::new_with_config(client, config).await });
+        let connection = tokio::time::timeout(self.timeout * 2, connect)
+            .await
+            .map_err(|_| RedisError::Timeout)?
+            .map_err(|_| RedisError::Task)??;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// One decision for `base` + the key digest.
+    pub async fn decide(
+        &self,
+        base: &str,
+        key: u64,
+        interval_us: u64,
+        burst: u32,
+    ) -> Result<Outcome, RedisError> {
+        if self.down_until_ms.load(Ordering::Relaxed) > self.now_ms() {
+            return Err(RedisError::Backoff);
+        }
+        let result = tokio::time::timeout(self.timeout, async {
+            let mut connection = self.connection().await?;
+            let key = format!("{{{base}:{key:016x}}}");
+            let reply: Vec<i64> = self
+                .script
+                .key(key)
+                .arg(interval_us)
+                .arg(burst)
+                .invoke_async(&mut connection)
+                .await?;
+            Ok::<_, RedisError>(reply)
+        })
+        .await
+        .map_err(|_| RedisError::Timeout)
+        .and_then(|r| r);
+        match result {
+            Ok(reply) if reply.len() == 4 => {
+                let us = |v: i64| Duration::from_micros(v.max(0) as u64);
+                Ok(Outcome {
+                    allowed: reply[0] == 1,
+                    retry_after: us(reply[1]),
+                    remaining: reply[2].max(0) as u64,
+                    reset: us(reply[3]),
+                })
+            }
+            Ok(_) => Err(RedisError::Task),
+            Err(e) => {
+                self.down_until_ms.store(
+                    self.now_ms() + BACKOFF.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                log::warn!("redis rate-limit store failing ({e}); using the configured fallback for {BACKOFF:?}");
+                Err(e)
+            }
+        }
+    }
+}
