@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod oidc;
 mod protocols;
+mod ratelimit;
 mod routing;
 mod support;
 mod tls;

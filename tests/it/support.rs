@@ -360,3 +360,66 @@ pub fn with_plain_listener(rest: &str) -> String {
         "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}' }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\n{rest}"
     )
 }
+
+/// A real `redis-server` on a loopback port, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (tests/run.sh installs it)");
+        let up = eventually(Duration::from_secs(10), || async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return false;
+            };
+            let mut buf = [0u8; 7];
+            stream.write_all(b"PING\r\n").await.is_ok()
+                && stream.read_exact(&mut buf).await.is_ok()
+                && &buf == b"+PONG\r\n"
+        })
+        .await;
+        assert!(up, "redis-server did not start on {port}");
+        RedisServer {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

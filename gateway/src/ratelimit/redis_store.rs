@@ -133,7 +133,10 @@ impl RedisStore {
                     reset: us(reply[3]),
                 })
             }
-            Ok(_) => Err(RedisError::Task),
+            Ok(reply) => {
+                log::warn!("redis rate-limit script answered {reply:?}");
+                Err(RedisError::Task)
+            }
             Err(e) => {
                 self.down_until_ms.store(
                     self.now_ms() + BACKOFF.as_millis() as u64,
