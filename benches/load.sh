@@ -22,6 +22,7 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
@@ -44,6 +45,7 @@ other_cores="0-$((cores > 1 ? cores - 2 : 0))"
 
 BACKEND_PORT=$(free_port); NGINX_PORT=$(free_port); GATEWAY_PORT=$(free_port); ADMIN_PORT=$(free_port)
 HAPROXY_PORT=$(free_port); AUTH_PORT=$(free_port); AUTH_ADMIN_PORT=$(free_port)
+REDIS_PORT=$(free_port); LIMITED_PORT=$(free_port); LIMITED_ADMIN_PORT=$(free_port)
 FIXTURES=$PWD/tests/fixtures/jwt
 
 # An RS256 access token from the test fixture key, valid for an hour.
@@ -105,6 +107,21 @@ routes:
   - { name: all, upstream: backend, auth: { mode: required, roles_any: [orders-reader] } }
 YAML
 
+# A Redis-backed limit on every request (high enough never to refuse):
+# the cost of one Redis round trip per request.
+cat > "$work/gateway-limited.yaml" <<YAML
+listeners:
+  - { name: plain, address: '127.0.0.1:$LIMITED_PORT' }
+admin: { address: '127.0.0.1:$LIMITED_ADMIN_PORT' }
+server: { threads: 1, access_log: false }
+redis: { url: 'redis://127.0.0.1:$REDIS_PORT' }
+rate_limits: { store: redis, on_redis_error: fail_closed }
+upstreams:
+  backend: { targets: [ '127.0.0.1:$BACKEND_PORT' ] }
+routes:
+  - { name: all, upstream: backend, rate_limits: [ { key: client_ip, rate: 100000000/s } ] }
+YAML
+
 # HAProxy verifies the same token on every request (it has no cache) and
 # sets the same headers.
 cat > "$work/haproxy.cfg" <<CFG
@@ -137,8 +154,11 @@ taskset -c "$proxy_core" "$NGINX" -p "$work/proxy" -c "$work/proxy/nginx.conf" &
 RUST_LOG=warn taskset -c "$proxy_core" "$BIN" gateway -c "$work/gateway.yaml" >/dev/null 2>"$work/gateway.err" & gateway_pid=$!; pids+=($gateway_pid)
 RUST_LOG=warn taskset -c "$proxy_core" "$BIN" gateway -c "$work/gateway-auth.yaml" >/dev/null 2>"$work/gateway-auth.err" & auth_pid=$!; pids+=($auth_pid)
 taskset -c "$proxy_core" haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 & haproxy_pid=$!; pids+=($haproxy_pid)
+taskset -c "$other_cores" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+RUST_LOG=warn taskset -c "$proxy_core" "$BIN" gateway -c "$work/gateway-limited.yaml" >/dev/null 2>"$work/gateway-limited.err" & limited_pid=$!; pids+=($limited_pid)
 
-for port in "$BACKEND_PORT" "$NGINX_PORT" "$GATEWAY_PORT" "$AUTH_PORT" "$HAPROXY_PORT"; do
+for port in "$BACKEND_PORT" "$NGINX_PORT" "$GATEWAY_PORT" "$AUTH_PORT" "$HAPROXY_PORT" "$LIMITED_PORT"; do
   for _ in $(seq 100); do
     curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$port/" >/dev/null && break
     sleep 0.1
@@ -177,3 +197,4 @@ run "nginx reverse proxy" "$NGINX_PORT" "$nginx_pid"
 run "portcullis gateway" "$GATEWAY_PORT" "$gateway_pid"
 run "haproxy + jwt_verify" "$HAPROXY_PORT" "$haproxy_pid" "Authorization: Bearer $TOKEN"
 run "portcullis + JWT/RBAC" "$AUTH_PORT" "$auth_pid" "Authorization: Bearer $TOKEN"
+run "portcullis + Redis limit" "$LIMITED_PORT" "$limited_pid"
