@@ -808,9 +808,18 @@ pub struct PassiveHealth {
     /// 0 turns passive ejection off. Defaults to 5.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
-    /// How long an ejected target stays out. Defaults to 30s.
+    /// How long an ejected target stays out (the breaker is open); then it
+    /// is half-open. Defaults to 30s.
     #[serde(default = "default_ejection_time")]
     pub ejection_time: Duration,
+    /// Requests let through at once while half-open: a success closes the
+    /// breaker, a failure opens it again. Defaults to 1.
+    #[serde(default = "default_probes")]
+    pub half_open_probes: u32,
+}
+
+const fn default_probes() -> u32 {
+    1
 }
 
 impl Default for PassiveHealth {
@@ -818,6 +827,7 @@ impl Default for PassiveHealth {
         PassiveHealth {
             max_failures: default_max_failures(),
             ejection_time: default_ejection_time(),
+            half_open_probes: default_probes(),
         }
     }
 }
@@ -928,6 +938,64 @@ pub struct Route {
     /// Rate limits; a request must pass all. Defaults to none.
     #[serde(default)]
     pub rate_limits: Vec<RouteLimit>,
+    /// Bulkhead: most requests of this route in flight; beyond it 503 at
+    /// once (or a short wait, see `queue`). Defaults to unlimited.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// Wait for a bulkhead slot instead of 503 at once. Defaults to off.
+    #[serde(default)]
+    pub queue: Option<BulkheadQueue>,
+    /// Fault injection for resilience tests. Defaults to off.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkheadQueue {
+    /// Most requests waiting. Required.
+    pub size: u32,
+    /// Longest wait, then 503. Defaults to 1s.
+    #[serde(default = "default_queue_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Injected faults; marked `fault` in the access log.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Delay this share of requests.
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    /// Answer this share of requests with a status, without calling the upstream.
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDelay {
+    /// 0 to 100.
+    pub percent: f64,
+    pub duration: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultAbort {
+    /// 0 to 100.
+    pub percent: f64,
+    /// The status to answer. Defaults to 503.
+    #[serde(default = "default_abort_status")]
+    pub status: u16,
+}
+
+const fn default_abort_status() -> u16 {
+    503
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]

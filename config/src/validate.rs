@@ -436,6 +436,36 @@ impl<'a> Checker<'a> {
             );
         }
 
+        if route.max_concurrent == Some(0) {
+            self.problem(at.child_key("max_concurrent"), "must be at least 1");
+        }
+        if route.queue.is_some() && route.max_concurrent.is_none() {
+            self.problem(at.child_key("queue"), "needs `max_concurrent`");
+        }
+        if let Some(fault) = &route.fault {
+            let f_at = at.child_key("fault");
+            let percents = [
+                ("delay", fault.delay.as_ref().map(|d| d.percent)),
+                ("abort", fault.abort.as_ref().map(|a| a.percent)),
+            ];
+            for (key, percent) in percents {
+                if percent.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+                    self.problem(
+                        f_at.child_key(key).child_key("percent"),
+                        "must be between 0 and 100",
+                    );
+                }
+            }
+            if let Some(abort) = &fault.abort {
+                if !(400..=599).contains(&abort.status) {
+                    self.problem(
+                        f_at.child_key("abort").child_key("status"),
+                        "must be a 4xx or 5xx status",
+                    );
+                }
+            }
+        }
+
         let matcher_at = at.child_key("match");
         let m = &route.matcher;
         for (i, host) in m.hosts.iter().enumerate() {

@@ -27,6 +27,9 @@ pub struct AccessLine<'a> {
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// An injected fault (`delay`, `abort`), so test traffic is told apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'static str>,
 }
 
 pub fn now() -> String {

@@ -56,13 +56,17 @@ impl ServeHttp for Admin {
             (Method::GET, "/metrics") => {
                 let snapshot = self.reloader.current();
                 let gauge = &metrics().target_healthy;
+                let breakers = &metrics().breaker_state;
                 gauge.reset();
+                breakers.reset();
                 for pool in &snapshot.pools {
                     for target in pool.targets().iter() {
+                        let labels = [&*pool.name, &*target.label];
                         let healthy = pool.is_available(target);
-                        gauge
-                            .with_label_values(&[&*pool.name, &*target.label])
-                            .set(i64::from(healthy));
+                        gauge.with_label_values(&labels).set(i64::from(healthy));
+                        breakers
+                            .with_label_values(&labels)
+                            .set(pool.breaker(target) as i64);
                     }
                 }
                 let body = metrics().render();

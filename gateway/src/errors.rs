@@ -17,6 +17,10 @@ pub enum GatewayError {
     IdentityUnavailable,
     #[error("too many requests")]
     TooManyRequests,
+    #[error("too many requests in flight for this route")]
+    Saturated,
+    #[error("fault injected")]
+    InjectedFault(u16),
     #[error("rate limiting is unavailable")]
     LimiterUnavailable,
     #[error("no healthy upstream target")]
@@ -47,6 +51,8 @@ impl GatewayError {
             GatewayError::Forbidden => 403,
             GatewayError::IdentityUnavailable | GatewayError::LimiterUnavailable => 503,
             GatewayError::TooManyRequests => 429,
+            GatewayError::Saturated => 503,
+            GatewayError::InjectedFault(status) => status,
             GatewayError::NoHealthyTarget => 503,
             GatewayError::UpstreamConnect | GatewayError::UpstreamFailed => 502,
             GatewayError::UpstreamTimeout => 504,

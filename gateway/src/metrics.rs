@@ -16,6 +16,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub reloads: IntCounterVec,
     pub target_healthy: IntGaugeVec,
+    pub breaker_state: IntGaugeVec,
+    pub faults: IntCounterVec,
 }
 
 /// Status classes by index: 1xx..5xx, and 0 for "no response".
@@ -90,8 +92,26 @@ impl Metrics {
             &["upstream", "target"],
         )
         .expect("static metric definition");
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "portcullis_upstream_breaker_state",
+                "Circuit breaker per target: 0 closed, 1 open, 2 half-open",
+            ),
+            &["upstream", "target"],
+        )
+        .expect("static metric definition");
+        let faults = IntCounterVec::new(
+            Opts::new(
+                "portcullis_faults_injected_total",
+                "Injected faults by route and kind",
+            ),
+            &["route", "kind"],
+        )
+        .expect("static metric definition");
         for collector in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(breaker_state.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(faults.clone()),
+            Box::new(requests.clone()),
             Box::new(durations.clone()),
             Box::new(in_flight.clone()),
             Box::new(open_connections.clone()),
@@ -108,6 +128,8 @@ impl Metrics {
             open_connections,
             reloads,
             target_healthy,
+            breaker_state,
+            faults,
         }
     }
 

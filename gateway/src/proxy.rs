@@ -59,6 +59,10 @@ pub struct RequestCtx {
     internal_token: Option<http::HeaderValue>,
     /// `RateLimit` for the response, when configured.
     ratelimit: Option<http::HeaderValue>,
+    /// The route's bulkhead slot, released when the request ends.
+    _bulkhead: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The fault injected, for the access log.
+    fault: Option<&'static str>,
 }
 
 fn status_error(error: GatewayError) -> Box<Error> {
@@ -209,6 +213,8 @@ impl ProxyHttp for Gateway {
             identity: None,
             internal_token: None,
             ratelimit: None,
+            _bulkhead: None,
+            fault: None,
         }
     }
 
@@ -331,6 +337,72 @@ impl ProxyHttp for Gateway {
                     return self
                         .reject(session, ctx, GatewayError::LimiterUnavailable)
                         .await
+                }
+            }
+        }
+
+        if let Some(fault) = snapshot
+            .config
+            .config
+            .routes
+            .get(route_index)
+            .and_then(|r| r.fault.as_ref())
+        {
+            if let Some(abort) = &fault.abort {
+                if rand::random::<f64>() * 100.0 < abort.percent {
+                    ctx.fault = Some("abort");
+                    metrics()
+                        .faults
+                        .with_label_values(&[&*route.name, "abort"])
+                        .inc();
+                    return self
+                        .reject(session, ctx, GatewayError::InjectedFault(abort.status))
+                        .await;
+                }
+            }
+            if let Some(delay) = &fault.delay {
+                if rand::random::<f64>() * 100.0 < delay.percent {
+                    ctx.fault = Some("delay");
+                    metrics()
+                        .faults
+                        .with_label_values(&[&*route.name, "delay"])
+                        .inc();
+                    tokio::time::sleep(delay.duration.0).await;
+                }
+            }
+        }
+
+        if let Some(Some(bulkhead)) = snapshot.bulkheads.get(route_index) {
+            match bulkhead.slots.clone().try_acquire_owned() {
+                Ok(permit) => ctx._bulkhead = Some(permit),
+                Err(_) => {
+                    let permit = match bulkhead.queue {
+                        Some((size, wait))
+                            if bulkhead
+                                .waiting
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                                < size =>
+                        {
+                            let acquired =
+                                tokio::time::timeout(wait, bulkhead.slots.clone().acquire_owned())
+                                    .await;
+                            bulkhead
+                                .waiting
+                                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            acquired.ok().and_then(Result::ok)
+                        }
+                        Some(_) => {
+                            bulkhead
+                                .waiting
+                                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                            None
+                        }
+                        None => None,
+                    };
+                    match permit {
+                        Some(permit) => ctx._bulkhead = Some(permit),
+                        None => return self.reject(session, ctx, GatewayError::Saturated).await,
+                    }
                 }
             }
         }
@@ -682,6 +754,7 @@ impl ProxyHttp for Gateway {
             bytes_sent: session.body_bytes_sent(),
             attempts: ctx.attempts,
             error: e.map(|e| e.etype().as_str().to_owned()),
+            fault: ctx.fault,
         };
         access_log::write(&line);
     }

@@ -47,6 +47,8 @@ pub struct Snapshot {
     pub route_auth: Vec<RoutePolicy>,
     /// Rate limits per route.
     pub rate_limiter: RateLimiter,
+    /// Bulkheads per route (same index as the router's routes).
+    pub bulkheads: Vec<Option<Bulkhead>>,
     /// Metric series per route (same index as the router's routes).
     pub route_metrics: Vec<RouteMetrics>,
     /// Series for requests answered before a route was found.
@@ -57,12 +59,24 @@ pub struct Snapshot {
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
+/// A route's concurrency limit.
+pub struct Bulkhead {
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Most waiting requests and the longest wait, when waiting is allowed.
+    pub queue: Option<(usize, std::time::Duration)>,
+    pub waiting: Arc<std::sync::atomic::AtomicUsize>,
+}
+
 /// State that outlives config reloads, and the runtime its tasks run on.
 pub struct Registries {
     pub pools: PoolRegistry,
     pub keys: KeyRegistry,
     pub limiters: Arc<LimiterRegistry>,
     pub control: tokio::runtime::Handle,
+    /// Bulkhead semaphores by route and size: requests in flight across a
+    /// reload still count.
+    bulkheads:
+        std::sync::Mutex<std::collections::HashMap<(String, u32), Arc<tokio::sync::Semaphore>>>,
 }
 
 impl Registries {
@@ -74,7 +88,15 @@ impl Registries {
             keys: KeyRegistry::default(),
             limiters,
             control,
+            bulkheads: std::sync::Mutex::default(),
         }
+    }
+
+    fn bulkhead(&self, route: &str, max: u32) -> Arc<tokio::sync::Semaphore> {
+        let mut map = self.bulkheads.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((route.to_owned(), max))
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max as usize)))
+            .clone()
     }
 }
 
@@ -137,6 +159,17 @@ impl Snapshot {
             .map(|r| RoutePolicy::compile(&r.auth, &config.identity))
             .collect();
         let rate_limiter = RateLimiter::compile(config, &registries.limiters, &registries.control)?;
+        let bulkheads = config
+            .routes
+            .iter()
+            .map(|route| {
+                route.max_concurrent.map(|max| Bulkhead {
+                    slots: registries.bulkhead(&route.name, max),
+                    queue: route.queue.as_ref().map(|q| (q.size as usize, q.timeout.0)),
+                    waiting: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                })
+            })
+            .collect();
         let listeners = config.listeners.iter().map(listener_policy).collect();
         let limits = &config.server.limits;
         Ok((
@@ -156,6 +189,7 @@ impl Snapshot {
                 auth,
                 route_auth,
                 rate_limiter,
+                bulkheads,
                 route_metrics: router
                     .routes()
                     .iter()

@@ -177,3 +177,158 @@ async fn idempotent_requests_answered_503_are_retried_elsewhere() {
     let response = client.get(gateway.url("/all-bad")).send().await.unwrap();
     assert!(matches!(response.status().as_u16(), 502 | 503));
 }
+
+fn breaker_state(metrics: &str, target: std::net::SocketAddr) -> Option<u8> {
+    let prefix =
+        format!("portcullis_upstream_breaker_state{{target=\"{target}\",upstream=\"pool\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_half_opens_and_closes() {
+    let a = Backend::start("a").await;
+    let gateway = Gateway::start(&config(
+        &[&a],
+        "    passive_health: { max_failures: 3, ejection_time: 1s, half_open_probes: 1 }\n    retries: { attempts: 0 }\n",
+    ))
+    .await;
+    let state = || async {
+        let (_, metrics) = crate::support::admin_get(gateway.admin, "/metrics")
+            .await
+            .unwrap();
+        breaker_state(&metrics, a.addr)
+    };
+    assert_eq!(state().await, Some(0), "closed at start");
+    a.fail_status.store(503, Ordering::SeqCst);
+    let client = client();
+    for _ in 0..3 {
+        assert_eq!(
+            client.get(gateway.url("/b")).send().await.unwrap().status(),
+            503
+        );
+    }
+    assert_eq!(state().await, Some(1), "open after 3 failures");
+    // Open: answered at once, the target is not called.
+    let hits = a.hits.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let response = client.get(gateway.url("/b")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(a.hits.load(Ordering::SeqCst), hits);
+    // Half-open after the ejection time; a failing probe opens it again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(state().await, Some(2), "half-open");
+    assert_eq!(
+        client.get(gateway.url("/b")).send().await.unwrap().status(),
+        503
+    );
+    assert_eq!(a.hits.load(Ordering::SeqCst), hits + 1, "one probe");
+    assert_eq!(state().await, Some(1), "open again after a failed probe");
+    // The target recovers: the next probe closes the breaker.
+    a.fail_status.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        client.get(gateway.url("/b")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(state().await, Some(0), "closed after a good probe");
+    assert_eq!(
+        client.get(gateway.url("/b")).send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulkhead_rejects_over_the_limit_at_once() {
+    let a = Backend::start("a").await;
+    let text = config(&[&a], "").replace(
+        "  - { name: all, upstream: pool }",
+        "  - { name: all, upstream: pool, max_concurrent: 2 }",
+    );
+    let gateway = Gateway::start(&text).await;
+    let client = client();
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let request = client
+                .get(gateway.url(&format!("/slow/{i}?sleep_ms=800")))
+                .send();
+            tokio::spawn(request)
+        })
+        .collect();
+    assert!(
+        crate::support::eventually(Duration::from_secs(3), || async {
+            a.hits.load(Ordering::SeqCst) >= 2
+        })
+        .await
+    );
+    let started = Instant::now();
+    let third = client.get(gateway.url("/third")).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "not at once: {:?}",
+        started.elapsed()
+    );
+    for request in slow {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    // Slots are released: the route serves again.
+    assert_eq!(
+        client
+            .get(gateway.url("/after"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_within_five_percent() {
+    let a = Backend::start("a").await;
+    let text = config(&[&a], "").replace(
+        "  - { name: all, upstream: pool }",
+        "  - { name: all, upstream: pool, fault: { abort: { percent: 20, status: 418 }, delay: { percent: 30, duration: 40ms } } }",
+    );
+    let gateway = Gateway::start(&text).await;
+    let client = client();
+    const TOTAL: usize = 2000;
+    let mut aborted = 0;
+    let mut delayed = 0;
+    for batch in 0..(TOTAL / 50) {
+        let requests = (0..50).map(|i| {
+            let client = client.clone();
+            let url = gateway.url(&format!("/f/{batch}/{i}"));
+            async move {
+                let started = Instant::now();
+                let status = client.get(url).send().await.unwrap().status().as_u16();
+                (status, started.elapsed())
+            }
+        });
+        for (status, elapsed) in futures_util::future::join_all(requests).await {
+            match status {
+                418 => aborted += 1,
+                200 if elapsed >= Duration::from_millis(40) => delayed += 1,
+                200 => {}
+                other => panic!("status {other}"),
+            }
+        }
+    }
+    let abort_share = aborted as f64 / TOTAL as f64;
+    // Delays apply to the requests not aborted.
+    let delay_share = delayed as f64 / (TOTAL - aborted) as f64;
+    eprintln!("fault injection: {abort_share:.3} aborted, {delay_share:.3} delayed");
+    // ±5 percentage points, as for the weighted split.
+    assert!((abort_share - 0.20).abs() <= 0.05, "aborted {abort_share}");
+    assert!((delay_share - 0.30).abs() <= 0.05, "delayed {delay_share}");
+    let (_, metrics) = crate::support::admin_get(gateway.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(metrics.contains(&format!(
+        "portcullis_faults_injected_total{{kind=\"abort\",route=\"all\"}} {aborted}"
+    )));
+}

@@ -32,7 +32,17 @@ pub struct Target {
     /// (milliseconds since the pool's epoch; 0 = not ejected).
     passive_failures: AtomicU32,
     ejected_until_ms: AtomicU64,
+    /// Requests let through while the breaker is half-open.
+    probes: AtomicU32,
     in_flight: AtomicUsize,
+}
+
+/// A target's circuit breaker, for `/metrics` (0, 1, 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed = 0,
+    Open = 1,
+    HalfOpen = 2,
 }
 
 impl Target {
@@ -46,6 +56,7 @@ impl Target {
             active_failures: AtomicU32::new(0),
             passive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            probes: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -200,8 +211,30 @@ impl Pool {
         self.available(target, self.now_ms())
     }
 
+    /// The target's breaker: closed, open (ejected), or half-open (the
+    /// ejection time is over; a few probes decide).
+    pub fn breaker(&self, target: &Target) -> BreakerState {
+        self.breaker_at(target, self.now_ms())
+    }
+
+    fn breaker_at(&self, target: &Target, now_ms: u64) -> BreakerState {
+        match target.ejected_until_ms.load(Ordering::Relaxed) {
+            0 => BreakerState::Closed,
+            until if until > now_ms => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
     fn available(&self, target: &Target, now_ms: u64) -> bool {
-        target.is_active_healthy() && target.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        target.is_active_healthy()
+            && match self.breaker_at(target, now_ms) {
+                BreakerState::Closed => true,
+                BreakerState::Open => false,
+                BreakerState::HalfOpen => {
+                    target.probes.load(Ordering::Relaxed)
+                        < self.spec.passive_health.half_open_probes
+                }
+            }
     }
 
     /// Chooses a target, avoiding `avoid` (the one that just failed) when
@@ -233,6 +266,9 @@ impl Pool {
                     .or_else(|| self.round_robin(&targets, &any_usable)),
             },
         }?;
+        if self.breaker_at(chosen, now) == BreakerState::HalfOpen {
+            chosen.probes.fetch_add(1, Ordering::Relaxed);
+        }
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(InFlight(chosen.clone()))
     }
@@ -252,18 +288,29 @@ impl Pool {
             .find(|t| usable(t))
     }
 
-    /// Records the outcome of a request for passive health.
+    /// Records the outcome of a request: the circuit breaker's input.
     pub fn report(&self, target: &Target, success: bool) {
         let max = self.spec.passive_health.max_failures;
+        let half_open = self.breaker(target) == BreakerState::HalfOpen;
         if success {
             target.passive_failures.store(0, Ordering::Relaxed);
+            if half_open {
+                target.ejected_until_ms.store(0, Ordering::Relaxed);
+                target.probes.store(0, Ordering::Relaxed);
+                log::info!(
+                    "upstream `{}`: target {} recovered, breaker closed",
+                    self.name,
+                    target.label
+                );
+            }
             return;
         }
         if max == 0 {
             return;
         }
         let failures = target.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= max {
+        if failures >= max || half_open {
+            target.probes.store(0, Ordering::Relaxed);
             let until = self.now_ms() + self.spec.passive_health.ejection_time.0.as_millis() as u64;
             target.ejected_until_ms.store(until, Ordering::Relaxed);
             target.passive_failures.store(0, Ordering::Relaxed);
