@@ -718,6 +718,10 @@ pub struct Upstream {
     /// How often DNS names are re-resolved. Defaults to 10s.
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Duration,
+    /// Bulkhead: most requests in flight to this pool; beyond it 503 at
+    /// once. Defaults to unlimited.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 fn default_dns_refresh() -> Duration {

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub target_healthy: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
     pub faults: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
+    pub redis_errors: IntCounter,
+    pub redis_fallbacks: IntCounter,
+    pub redis_latency: Histogram,
 }
 
 /// Status classes by index: 1xx..5xx, and 0 for "no response".
@@ -108,8 +112,37 @@ impl Metrics {
             &["route", "kind"],
         )
         .expect("static metric definition");
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "portcullis_ratelimit_decisions_total",
+                "Rate-limit decisions by route, limit and decision",
+            ),
+            &["route", "limit", "decision"],
+        )
+        .expect("static metric definition");
+        let redis_errors = IntCounter::new(
+            "portcullis_redis_errors_total",
+            "Failed Redis calls (timeouts, connection errors)",
+        )
+        .expect("static metric definition");
+        let redis_fallbacks = IntCounter::new(
+            "portcullis_ratelimit_redis_fallbacks_total",
+            "Rate-limit decisions made without Redis (fallback, fail-open, fail-closed)",
+        )
+        .expect("static metric definition");
+        let redis_latency = Histogram::with_opts(
+            HistogramOpts::new("portcullis_redis_seconds", "Redis rate-limit call duration")
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                ]),
+        )
+        .expect("static metric definition");
         for collector in [
-            Box::new(breaker_state.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ratelimit_decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(redis_errors.clone()),
+            Box::new(redis_fallbacks.clone()),
+            Box::new(redis_latency.clone()),
+            Box::new(breaker_state.clone()),
             Box::new(faults.clone()),
             Box::new(requests.clone()),
             Box::new(durations.clone()),
@@ -130,6 +163,10 @@ impl Metrics {
             target_healthy,
             breaker_state,
             faults,
+            ratelimit_decisions,
+            redis_errors,
+            redis_fallbacks,
+            redis_latency,
         }
     }
 

@@ -30,7 +30,7 @@ use crate::metrics::metrics;
 use crate::ratelimit::{self, Decision};
 use crate::routing::RequestView;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::upstream::{HashKey, InFlight};
+use crate::upstream::{HashKey, InFlight, SelectError};
 
 /// The proxy of one listener; all listeners share the snapshot.
 pub struct Gateway {
@@ -447,9 +447,16 @@ impl ProxyHttp for Gateway {
         };
         // Release the previous attempt's in-flight count before choosing.
         ctx.target = None;
-        let Some(target) = pool.select(key, ctx.failed_target) else {
-            ctx.error = Some(GatewayError::NoHealthyTarget);
-            return Err(status_error(GatewayError::NoHealthyTarget));
+        let target = match pool.select(key, ctx.failed_target) {
+            Ok(target) => target,
+            Err(reason) => {
+                let error = match reason {
+                    SelectError::NoHealthyTarget => GatewayError::NoHealthyTarget,
+                    SelectError::Saturated => GatewayError::Saturated,
+                };
+                ctx.error = Some(error);
+                return Err(status_error(error));
+            }
         };
         ctx.attempts += 1;
         let addr = target.target().addr;

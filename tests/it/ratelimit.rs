@@ -263,4 +263,9 @@ async fn rejections_carry_retry_after_and_ratelimit_headers() {
     let body: serde_json::Value = limited.json().await.unwrap();
     assert_eq!(body["status"], 429);
     assert!(body["request_id"].is_string());
+    let (_, metrics) = crate::support::admin_get(gateway.admin, "/metrics")
+        .await
+        .unwrap();
+    assert!(metrics.contains("portcullis_ratelimit_decisions_total{decision=\"allowed\",limit=\"user\",route=\"limited\"} 2"), "{metrics}");
+    assert!(metrics.contains("portcullis_ratelimit_decisions_total{decision=\"limited\",limit=\"user\",route=\"limited\"} 1"));
 }

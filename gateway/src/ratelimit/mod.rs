@@ -18,6 +18,8 @@ use governor::Quota;
 use http::{HeaderName, HeaderValue};
 use portcullis_config as config;
 
+use crate::metrics::metrics;
+
 pub use redis_store::{RedisError, RedisStore};
 
 type Local = governor::RateLimiter<
@@ -51,6 +53,8 @@ pub struct Limit {
     fallback: Arc<Local>,
     policy: HeaderValue,
     redis_key: Box<str>,
+    allowed: prometheus::IntCounter,
+    limited: prometheus::IntCounter,
 }
 
 /// What a request offers for keys.
@@ -237,6 +241,16 @@ impl RateLimiter {
                     // One key per decision, hash-tagged: Redis Cluster routes
                     // it to one slot, and the same scheme as the memory store.
                     redis_key: format!("{prefix}:rl:{}:{index}:{}", route.name, spec.rate).into(),
+                    allowed: metrics().ratelimit_decisions.with_label_values(&[
+                        route.name.as_str(),
+                        &sanitise_name(&name),
+                        "allowed",
+                    ]),
+                    limited: metrics().ratelimit_decisions.with_label_values(&[
+                        route.name.as_str(),
+                        &sanitise_name(&name),
+                        "limited",
+                    ]),
                 });
             }
             routes.push(limits);
@@ -269,6 +283,7 @@ impl RateLimiter {
                     Ok(outcome) => outcome,
                     Err(e) => {
                         log::debug!("rate limit `{}`: redis: {e}", limit.name);
+                        metrics().redis_fallbacks.inc();
                         match self.on_error {
                             config::RedisFailure::FailOpen => continue,
                             config::RedisFailure::FailClosed => return Decision::Unavailable,
@@ -281,6 +296,7 @@ impl RateLimiter {
                 None => local_decision(&limit.local, key),
             };
             if !outcome.allowed {
+                limit.limited.inc();
                 let retry = outcome.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 return Decision::Limited {
                     retry_after_secs: retry,
@@ -288,6 +304,7 @@ impl RateLimiter {
                     ratelimit: limit.ratelimit_header(0, retry),
                 };
             }
+            limit.allowed.inc();
             if self.headers_on_success
                 && tightest
                     .as_ref()

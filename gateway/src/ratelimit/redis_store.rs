@@ -108,6 +108,7 @@ impl RedisStore {
         if self.down_until_ms.load(Ordering::Relaxed) > self.now_ms() {
             return Err(RedisError::Backoff);
         }
+        let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, async {
             let mut connection = self.connection().await?;
             let key = format!("{{{base}:{key:016x}}}");
@@ -123,6 +124,9 @@ impl RedisStore {
         .await
         .map_err(|_| RedisError::Timeout)
         .and_then(|r| r);
+        crate::metrics::metrics()
+            .redis_latency
+            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(reply) if reply.len() == 4 => {
                 let us = |v: i64| Duration::from_micros(v.max(0) as u64);
@@ -138,6 +142,7 @@ impl RedisStore {
                 Err(RedisError::Task)
             }
             Err(e) => {
+                crate::metrics::metrics().redis_errors.inc();
                 self.down_until_ms.store(
                     self.now_ms() + BACKOFF.as_millis() as u64,
                     Ordering::Relaxed,

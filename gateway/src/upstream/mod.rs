@@ -72,7 +72,7 @@ impl Target {
 
 /// Counts a request in flight on a target for as long as it lives.
 #[derive(Debug)]
-pub struct InFlight(Arc<Target>);
+pub struct InFlight(Arc<Target>, Arc<AtomicUsize>);
 
 impl InFlight {
     pub fn target(&self) -> &Arc<Target> {
@@ -83,7 +83,17 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Why no target was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectError {
+    /// No target is healthy (or every breaker is open).
+    NoHealthyTarget,
+    /// The pool's `max_concurrent` is reached.
+    Saturated,
 }
 
 /// A named pool of targets with its balancing, health and retry settings.
@@ -102,6 +112,8 @@ pub struct Pool {
     pub tls_sni: Option<Box<str>>,
     /// Extra CAs for TLS targets, parsed once.
     pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+    /// Requests in flight to the whole pool, for its bulkhead.
+    in_flight: Arc<AtomicUsize>,
     /// Keeps pingora's connection pool from handing one pool's connection
     /// to another: its reuse key covers address, SNI and verification
     /// flags but not the CA, so a connection verified against pool A's CA
@@ -155,6 +167,7 @@ impl Pool {
             window_retries: AtomicU64::new(0),
             window_started_ms: AtomicU64::new(0),
             tls_sni,
+            in_flight: Arc::new(AtomicUsize::new(0)),
             connection_group: {
                 use std::hash::{BuildHasher, Hasher};
                 let mut hasher = foldhash::quality::FixedState::with_seed(1).build_hasher();
@@ -239,7 +252,21 @@ impl Pool {
 
     /// Chooses a target, avoiding `avoid` (the one that just failed) when
     /// another is available. `None` when no target is healthy.
-    pub fn select(&self, key: HashKey<'_>, avoid: Option<SocketAddr>) -> Option<InFlight> {
+    pub fn select(
+        &self,
+        key: HashKey<'_>,
+        avoid: Option<SocketAddr>,
+    ) -> Result<InFlight, SelectError> {
+        if let Some(max) = self.spec.max_concurrent {
+            if self.in_flight.load(Ordering::Relaxed) >= max as usize {
+                return Err(SelectError::Saturated);
+            }
+        }
+        self.select_target(key, avoid)
+            .ok_or(SelectError::NoHealthyTarget)
+    }
+
+    fn select_target(&self, key: HashKey<'_>, avoid: Option<SocketAddr>) -> Option<InFlight> {
         let targets = self.targets.load();
         let now = self.now_ms();
         let usable = |t: &&Arc<Target>| self.available(t, now) && Some(t.addr) != avoid;
@@ -270,7 +297,8 @@ impl Pool {
             chosen.probes.fetch_add(1, Ordering::Relaxed);
         }
         chosen.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight(chosen.clone()))
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(InFlight(chosen.clone(), self.in_flight.clone()))
     }
 
     fn round_robin<'t>(

@@ -141,7 +141,10 @@ fn passive_ejection_and_avoiding_the_failed_target() {
     let second = pool.targets()[1].clone();
     pool.report(&second, false);
     pool.report(&second, false);
-    assert!(pool.select(HashKey::None, None).is_none());
+    assert_eq!(
+        pool.select(HashKey::None, None).unwrap_err(),
+        SelectError::NoHealthyTarget
+    );
 }
 
 #[test]
@@ -173,4 +176,20 @@ fn registry_keeps_unchanged_pools() {
     let (changed, created) = registry.get_or_create("u", &b);
     assert!(created);
     assert!(!Arc::ptr_eq(&first, &changed));
+}
+
+#[test]
+fn pool_bulkhead_refuses_over_max_concurrent() {
+    let pool = Pool::new(
+        "u",
+        &spec(&format!("{{ targets: {}, max_concurrent: 2 }}", addrs(2))),
+    );
+    let a = pool.select(HashKey::None, None).unwrap();
+    let _b = pool.select(HashKey::None, None).unwrap();
+    assert_eq!(
+        pool.select(HashKey::None, None).unwrap_err(),
+        SelectError::Saturated
+    );
+    drop(a);
+    assert!(pool.select(HashKey::None, None).is_ok());
 }
