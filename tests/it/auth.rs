@@ -735,7 +735,7 @@ async fn api_keys_for_external_systems() {
     let server = KeyServer::start(&["rsa-a"]).await;
     // Only the SHA-256 of the key is configured.
     let key = "pk_live_4f3c2b1a0987654321";
-    let hash = sha256_hex(key);
+    let hash = crate::support::sha256_hex(key);
     let extra = format!(
         "  api_keys:\n    - {{ sha256: '{hash}', subject: partner-acme, client_id: acme, roles: [partner] }}\n"
     );
@@ -793,26 +793,6 @@ async fn api_keys_for_external_systems() {
         .await
         .unwrap();
     assert_eq!(elsewhere.status(), 401);
-}
-
-fn sha256_hex(text: &str) -> String {
-    let output = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-hex"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

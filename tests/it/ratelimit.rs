@@ -11,19 +11,7 @@ use crate::support::{client, with_plain_listener, Backend, Gateway, RedisServer}
 const KEY: &str = "rl-test-key";
 
 fn key_hash() -> String {
-    let output = std::process::Command::new("openssl")
-        .args(["dgst", "-sha256", "-hex"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(KEY.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let hash = String::from_utf8(output.stdout).unwrap();
-    hash.split_whitespace().last().unwrap().to_owned()
+    crate::support::sha256_hex(KEY)
 }
 
 fn config(

@@ -423,3 +423,25 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Hex SHA-256 of a text, computed by openssl (an independent implementation).
+pub fn sha256_hex(text: &str) -> String {
+    let output = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hex"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(text.as_bytes())?;
+            }
+            child.wait_with_output()
+        })
+        .expect("openssl");
+    let text = String::from_utf8(output.stdout).expect("hex");
+    text.split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
