@@ -820,6 +820,24 @@ pub struct PassiveHealth {
     /// breaker, a failure opens it again. Defaults to 1.
     #[serde(default = "default_probes")]
     pub half_open_probes: u32,
+    /// Also open when this share of a target's requests failed within
+    /// `window` (at least `min_requests` of them), e.g. `0.5`. Defaults to
+    /// off: consecutive failures only.
+    #[serde(default)]
+    pub failure_ratio: Option<f64>,
+    /// Requests a window needs before `failure_ratio` counts. Defaults to 20.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    /// The window of `failure_ratio`. Defaults to 10s.
+    #[serde(default = "default_ratio_window")]
+    pub window: Duration,
+}
+
+const fn default_min_requests() -> u32 {
+    20
+}
+fn default_ratio_window() -> Duration {
+    Duration::from_secs(10)
 }
 
 const fn default_probes() -> u32 {
@@ -832,6 +850,9 @@ impl Default for PassiveHealth {
             max_failures: default_max_failures(),
             ejection_time: default_ejection_time(),
             half_open_probes: default_probes(),
+            failure_ratio: None,
+            min_requests: default_min_requests(),
+            window: default_ratio_window(),
         }
     }
 }

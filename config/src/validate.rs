@@ -320,6 +320,16 @@ impl<'a> Checker<'a> {
                 self.readable(at.child_key("tls").child_key("ca"), ca);
             }
         }
+        if upstream
+            .passive_health
+            .failure_ratio
+            .is_some_and(|r| !(r > 0.0 && r <= 1.0))
+        {
+            self.problem(
+                at.child_key("passive_health").child_key("failure_ratio"),
+                "must be above 0 and at most 1",
+            );
+        }
         if upstream.retries.budget_percent > 100 {
             self.problem(
                 at.child_key("retries").child_key("budget_percent"),

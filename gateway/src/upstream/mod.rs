@@ -34,6 +34,10 @@ pub struct Target {
     ejected_until_ms: AtomicU64,
     /// Requests let through while the breaker is half-open.
     probes: AtomicU32,
+    /// The failure-ratio window: its start and counts.
+    window_start_ms: AtomicU64,
+    window_requests: AtomicU32,
+    window_failures: AtomicU32,
     in_flight: AtomicUsize,
 }
 
@@ -57,6 +61,9 @@ impl Target {
             passive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             probes: AtomicU32::new(0),
+            window_start_ms: AtomicU64::new(0),
+            window_requests: AtomicU32::new(0),
+            window_failures: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
         })
     }
@@ -320,6 +327,7 @@ impl Pool {
     pub fn report(&self, target: &Target, success: bool) {
         let max = self.spec.passive_health.max_failures;
         let half_open = self.breaker(target) == BreakerState::HalfOpen;
+        let ratio_tripped = self.count_for_ratio(target, success);
         if success {
             target.passive_failures.store(0, Ordering::Relaxed);
             if half_open {
@@ -333,11 +341,11 @@ impl Pool {
             }
             return;
         }
-        if max == 0 {
+        if max == 0 && !ratio_tripped {
             return;
         }
         let failures = target.passive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if failures >= max || half_open {
+        if (max > 0 && failures >= max) || half_open || ratio_tripped {
             target.probes.store(0, Ordering::Relaxed);
             let until = self.now_ms() + self.spec.passive_health.ejection_time.0.as_millis() as u64;
             target.ejected_until_ms.store(until, Ordering::Relaxed);
@@ -349,6 +357,40 @@ impl Pool {
                 self.spec.passive_health.ejection_time
             );
         }
+    }
+
+    /// Counts an outcome in the target's failure-ratio window; true when
+    /// the ratio trips the breaker.
+    fn count_for_ratio(&self, target: &Target, success: bool) -> bool {
+        let health = &self.spec.passive_health;
+        let Some(ratio) = health.failure_ratio else {
+            return false;
+        };
+        let now = self.now_ms();
+        let start = target.window_start_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(start) > health.window.0.as_millis() as u64
+            && target
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            target.window_requests.store(0, Ordering::Relaxed);
+            target.window_failures.store(0, Ordering::Relaxed);
+        }
+        let requests = target.window_requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = if success {
+            target.window_failures.load(Ordering::Relaxed)
+        } else {
+            target.window_failures.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        let tripped = !success
+            && requests >= health.min_requests
+            && f64::from(failures) >= ratio * f64::from(requests);
+        if tripped {
+            target.window_requests.store(0, Ordering::Relaxed);
+            target.window_failures.store(0, Ordering::Relaxed);
+        }
+        tripped
     }
 
     /// Counts a first attempt for the retry budget.

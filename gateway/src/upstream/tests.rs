@@ -193,3 +193,27 @@ fn pool_bulkhead_refuses_over_max_concurrent() {
     drop(a);
     assert!(pool.select(HashKey::None, None).is_ok());
 }
+
+#[test]
+fn failure_ratio_opens_the_breaker() {
+    let pool = Pool::new(
+        "u",
+        &spec(&format!(
+            "{{ targets: {}, passive_health: {{ max_failures: 0, failure_ratio: 0.5, min_requests: 10, ejection_time: 1h }} }}",
+            addrs(2)
+        )),
+    );
+    let target = pool.targets()[0].clone();
+    // Alternating success and failure: never 5 in a row, but half failed.
+    for i in 0..9 {
+        pool.report(&target, i % 2 == 0);
+        assert_eq!(
+            pool.breaker(&target),
+            BreakerState::Closed,
+            "after {} outcomes",
+            i + 1
+        );
+    }
+    pool.report(&target, false);
+    assert_eq!(pool.breaker(&target), BreakerState::Open);
+}
