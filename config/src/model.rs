@@ -47,8 +47,14 @@ pub struct FileConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Redis {
-    /// `redis://host:port[/db]`; a password belongs in `${ENV}`.
-    pub url: Secret,
+    /// `redis://host:port[/db]`; a password belongs in `${ENV}`. Give this
+    /// or `cluster`.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    /// Redis Cluster seed nodes (`redis://host:port`); the topology is
+    /// discovered from them. Give this or `url`.
+    #[serde(default)]
+    pub cluster: Vec<Secret>,
     /// Longest wait for one Redis call. Defaults to 100ms.
     #[serde(default = "default_redis_timeout")]
     pub timeout: Duration,

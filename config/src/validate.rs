@@ -84,6 +84,14 @@ impl<'a> Checker<'a> {
         }
 
         self.identity(&config.identity);
+        if let Some(redis) = &config.redis {
+            if redis.url.is_some() == !redis.cluster.is_empty() {
+                self.problem(
+                    root().child_key("redis"),
+                    "give `url` or `cluster`, one of them",
+                );
+            }
+        }
 
         let mut route_names = HashSet::new();
         let routes = root().child_key("routes");

@@ -257,3 +257,34 @@ async fn rejections_carry_retry_after_and_ratelimit_headers() {
     assert!(metrics.contains("portcullis_ratelimit_decisions_total{decision=\"allowed\",limit=\"user\",route=\"limited\"} 2"), "{metrics}");
     assert!(metrics.contains("portcullis_ratelimit_decisions_total{decision=\"limited\",limit=\"user\",route=\"limited\"} 1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_limits_two_gateways() {
+    let cluster = crate::support::RedisCluster::start().await;
+    let echo = Backend::start("echo").await;
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("'{u}'")).collect();
+    let text = config(&echo, None, "{ store: redis }", "20/s", 5).replace(
+        "rate_limits: {",
+        &format!(
+            "redis: {{ cluster: [{}], timeout: 200ms }}\nrate_limits: {{",
+            nodes.join(", ")
+        ),
+    );
+    let gateways = [Gateway::start(&text).await, Gateway::start(&text).await];
+    let urls: Vec<String> = gateways.iter().map(|g| g.url("/c")).collect();
+    let result = load(&urls, 4, Duration::from_secs(4), 100_000).await;
+    assert_within_5_percent(&result, 20.0, 5.0, "redis cluster, 2 gateways");
+    // The counter lives in the cluster, under a hash-tagged key.
+    let mut keys = String::new();
+    for port in cluster.ports() {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "--scan"])
+            .output()
+            .unwrap();
+        keys.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    assert!(
+        keys.contains("{portcullis:rl:limited:0:20/s:"),
+        "keys: {keys}"
+    );
+}

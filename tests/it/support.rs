@@ -445,3 +445,95 @@ pub fn sha256_hex(text: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// A real three-node Redis Cluster on loopback (no replicas), killed on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub async fn start() -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            // The cluster bus listens on port + 10000: both must be free.
+            let port = loop {
+                let candidate = free_port();
+                if candidate < 50_000
+                    && std::net::TcpListener::bind(("127.0.0.1", candidate + 10_000)).is_ok()
+                {
+                    break candidate;
+                }
+            };
+            let conf = dir.path().join(format!("nodes-{port}.conf"));
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(&conf)
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            nodes.push(RedisServer {
+                child: Some(child),
+                port,
+            });
+        }
+        for node in &nodes {
+            let port = node.port;
+            assert!(
+                eventually(Duration::from_secs(10), || async move {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+                })
+                .await
+            );
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let first = nodes[0].port;
+        let ok = eventually(Duration::from_secs(20), || async move {
+            Command::new("redis-cli")
+                .args(["-p", &first.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        })
+        .await;
+        assert!(ok, "cluster did not become ready");
+        RedisCluster { nodes, _dir: dir }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+}

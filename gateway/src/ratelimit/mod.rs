@@ -121,12 +121,13 @@ impl LimiterRegistry {
         spec: &config::Redis,
         control: &tokio::runtime::Handle,
     ) -> Result<Arc<RedisStore>, RedisError> {
-        let fingerprint = format!(
-            "{}|{:?}|{}",
-            spec.url.expose(),
-            spec.timeout,
-            spec.key_prefix
-        );
+        let nodes: Vec<&str> = spec
+            .url
+            .iter()
+            .chain(spec.cluster.iter())
+            .map(|s| s.expose())
+            .collect();
+        let fingerprint = format!("{nodes:?}|{:?}|{}", spec.timeout, spec.key_prefix);
         let mut slot = self.redis.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((f, store)) = slot.as_ref() {
             if *f == fingerprint {

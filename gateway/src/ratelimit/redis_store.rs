@@ -45,9 +45,21 @@ pub enum RedisError {
     Task,
 }
 
+/// A single server (reconnecting manager) or a cluster (topology-aware).
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
 pub struct RedisStore {
-    client: redis::Client,
-    connection: tokio::sync::Mutex<Option<ConnectionManager>>,
+    client: Client,
+    connection: tokio::sync::Mutex<Option<Connection>>,
     script: redis::Script,
     timeout: Duration,
     epoch: Instant,
@@ -57,8 +69,20 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(spec: &config::Redis, control: tokio::runtime::Handle) -> Result<Self, RedisError> {
+        let client = match &spec.url {
+            Some(url) => Client::Single(redis::Client::open(url.expose())?),
+            None => Client::Cluster(
+                redis::cluster::ClusterClientBuilder::new(
+                    spec.cluster.iter().map(|n| n.expose().to_owned()),
+                )
+                .connection_timeout(spec.timeout.0)
+                .response_timeout(spec.timeout.0)
+                .retries(1)
+                .build()?,
+            ),
+        };
         Ok(RedisStore {
-            client: redis::Client::open(spec.url.expose())?,
+            client,
             connection: tokio::sync::Mutex::new(None),
             script: redis::Script::new(GCRA),
             timeout: spec.timeout.0,
@@ -72,23 +96,35 @@ impl RedisStore {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+    async fn connection(&self) -> Result<Connection, RedisError> {
         let mut slot = tokio::time::timeout(self.timeout, self.connection.lock())
             .await
             .map_err(|_| RedisError::Timeout)?;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        // The manager's driver task lives on the control runtime, which
+        // The connection's driver task lives on the control runtime, which
         // outlives every proxy worker.
-        let client = self.client.clone();
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let connect = self
-            .control
-            .spawn(async move { ConnectionManager::new_with_config(client, config).await });
+        let connect = match &self.client {
+            Client::Single(client) => {
+                let client = client.clone();
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout)
+                    .set_number_of_retries(1);
+                self.control.spawn(async move {
+                    ConnectionManager::new_with_config(client, config)
+                        .await
+                        .map(Connection::Single)
+                })
+            }
+            Client::Cluster(client) => {
+                let client = client.clone();
+                self.control.spawn(async move {
+                    client.get_async_connection().await.map(Connection::Cluster)
+                })
+            }
+        };
         let connection = tokio::time::timeout(self.timeout * 2, connect)
             .await
             .map_err(|_| RedisError::Timeout)?
@@ -110,15 +146,14 @@ impl RedisStore {
         }
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, async {
-            let mut connection = self.connection().await?;
+            let connection = self.connection().await?;
             let key = format!("{{{base}:{key:016x}}}");
-            let reply: Vec<i64> = self
-                .script
-                .key(key)
-                .arg(interval_us)
-                .arg(burst)
-                .invoke_async(&mut connection)
-                .await?;
+            let mut invocation = self.script.key(key);
+            invocation.arg(interval_us).arg(burst);
+            let reply: Vec<i64> = match connection {
+                Connection::Single(mut c) => invocation.invoke_async(&mut c).await?,
+                Connection::Cluster(mut c) => invocation.invoke_async(&mut c).await?,
+            };
             Ok::<_, RedisError>(reply)
         })
         .await
