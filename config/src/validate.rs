@@ -85,7 +85,7 @@ impl<'a> Checker<'a> {
 
         self.identity(&config.identity);
         if let Some(redis) = &config.redis {
-            if redis.url.is_some() == !redis.cluster.is_empty() {
+            if redis.url.is_some() != redis.cluster.is_empty() {
                 self.problem(
                     root().child_key("redis"),
                     "give `url` or `cluster`, one of them",
