@@ -176,3 +176,37 @@ fn schema_describes_the_file() {
     assert!(schema["properties"]["routes"].is_object());
     assert_eq!(schema["additionalProperties"], serde_json::json!(false));
 }
+
+#[test]
+fn rate_limit_and_redis_checks() {
+    let text = "\
+listeners:
+  - { name: plain, address: 127.0.0.1:8080 }
+redis: { url: 'redis://127.0.0.1:1', cluster: ['redis://127.0.0.1:2'] }
+rate_limits: { store: redis }
+upstreams:
+  a: { targets: [127.0.0.1:1] }
+routes:
+  - name: r
+    upstream: a
+    rate_limits:
+      - { key: [user, 'header:x-tenant'], rate: 10/s }
+      - { key: nobody, rate: 10/fortnight, burst: 0 }
+    fault: { abort: { percent: 150, status: 200 } }
+";
+    let out = errors(text);
+    for expected in [
+        "redis: give `url` or `cluster`",
+        "routes[0].rate_limits[1].rate: `10/fortnight` is not a rate",
+        "routes[0].rate_limits[1].key: `nobody` is not a key",
+        "routes[0].rate_limits[1].burst: must be at least 1",
+        "routes[0].fault.abort.percent: must be between 0 and 100",
+        "routes[0].fault.abort.status: must be a 4xx or 5xx status",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+    }
+    assert_eq!(
+        parse_rate("10000/h").unwrap(),
+        (10000, std::time::Duration::from_secs(3600))
+    );
+}
