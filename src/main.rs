@@ -38,6 +38,36 @@ enum Command {
     },
     /// Print the JSON Schema of the config file, for editors.
     Schema,
+    /// OpenAPI tools.
+    Openapi {
+        #[command(subcommand)]
+        command: OpenapiCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OpenapiCommand {
+    /// Merge backend OpenAPI 3 documents into one, under their public paths.
+    Merge {
+        /// Public URL of the gateway (repeatable), for `servers`.
+        #[arg(long = "server")]
+        servers: Vec<String>,
+        /// Output format.
+        #[arg(long, default_value = "json", value_parser = ["json", "yaml"])]
+        format: String,
+        /// OpenAPI version of the output.
+        #[arg(long, default_value = "3.1", value_parser = ["3.1", "3.0"])]
+        openapi: String,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// A service whose route does not strip its prefix (repeatable).
+        #[arg(long = "keep-prefix")]
+        keep_prefix: Vec<String>,
+        /// `NAME=PREFIX=PATH`, e.g. `petstore=/petstore=./petstore.yaml`.
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
 }
 
 /// Exit codes: 0 ok, 1 runtime failure, 2 invalid config or arguments.
@@ -64,6 +94,23 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Openapi {
+            command:
+                OpenapiCommand::Merge {
+                    servers,
+                    format,
+                    openapi,
+                    output,
+                    keep_prefix,
+                    specs,
+                },
+        } => match openapi_merge(servers, &format, &openapi, output, &keep_prefix, &specs) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis openapi merge: {e}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
         Command::Check { config } => match portcullis_config::load(&config) {
             Ok(valid) => {
                 println!(
@@ -97,4 +144,50 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn openapi_merge(
+    servers: Vec<String>,
+    format: &str,
+    openapi: &str,
+    output: Option<PathBuf>,
+    keep_prefix: &[String],
+    specs: &[String],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut inputs = Vec::new();
+    for spec in specs {
+        let mut parts = spec.splitn(3, '=');
+        let (Some(name), Some(prefix), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            anyhow::bail!("`{spec}`: expected NAME=PREFIX=PATH");
+        };
+        if path.starts_with("http://") || path.starts_with("https://") {
+            anyhow::bail!("`{spec}`: give a file; fetching URLs is not supported yet");
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        inputs.push(portcullis_openapi_merge::Input {
+            name: name.to_owned(),
+            prefix: prefix.to_owned(),
+            strip_prefix: !keep_prefix.iter().any(|k| k == name),
+            document: portcullis_openapi_merge::parse(name, &text)?,
+        });
+    }
+    let options = portcullis_openapi_merge::Options {
+        servers,
+        openapi: if openapi == "3.0" { "3.0.3" } else { "3.1.0" }.to_owned(),
+        ..Default::default()
+    };
+    let merged = portcullis_openapi_merge::merge(&inputs, &options)?;
+    let text = match format {
+        "yaml" => portcullis_openapi_merge::to_yaml(&merged),
+        _ => serde_json::to_string_pretty(&merged)? + "\n",
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
 }

@@ -26,6 +26,9 @@ for component in rustfmt clippy; do
 done
 
 npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+# A third-party OpenAPI validator checks the merged documents.
+python3 -c 'import openapi_spec_validator' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore openapi-spec-validator
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

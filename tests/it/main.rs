@@ -8,6 +8,7 @@ mod introspection;
 mod lifecycle;
 mod limits;
 mod oidc;
+mod openapi;
 mod protocols;
 mod ratelimit;
 mod routing;

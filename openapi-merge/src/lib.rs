@@ -1,0 +1,406 @@
+//! Merge backend OpenAPI 3.x documents into one, along the gateway's routes:
+//! paths become the public paths, identical components are shared,
+//! different ones under the same name are renamed after their service with
+//! every `$ref` rewritten, operation ids made unique, tags grouped per
+//! service. The output is deterministic: the same inputs give the same bytes.
+//!
+//! Swagger 2.0 inputs are refused with a clear error for now (conversion
+//! is the next step of the issue).
+
+mod yaml_out;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+
+pub use yaml_out::to_yaml;
+
+/// One backend document and how the gateway exposes it.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// Service name: used for renamed components and `x-portcullis-service`.
+    pub name: String,
+    /// The public path prefix of the service's route.
+    pub prefix: String,
+    /// Whether the gateway strips `prefix` before forwarding (then the
+    /// document's paths are relative to it).
+    pub strip_prefix: bool,
+    pub document: Value,
+}
+
+/// Output settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `servers` of the merged document: the gateway's public URLs.
+    pub servers: Vec<String>,
+    /// `3.1` (default) or `3.0`.
+    pub openapi: String,
+    pub title: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            servers: Vec::new(),
+            openapi: "3.1.0".into(),
+            title: "Portcullis API".into(),
+        }
+    }
+}
+
+/// What went wrong, naming the input and a JSON pointer.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("{input}: cannot parse: {message}")]
+    Parse { input: String, message: String },
+    #[error("{input}: {pointer}: {message}")]
+    Invalid {
+        input: String,
+        pointer: String,
+        message: String,
+    },
+    #[error("{pointer}: `{method}` is defined by both `{first}` and `{second}`")]
+    PathConflict {
+        pointer: String,
+        method: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// Parses JSON or YAML text.
+pub fn parse(input: &str, text: &str) -> Result<Value, MergeError> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return serde_json::from_str(text).map_err(|e| MergeError::Parse {
+            input: input.into(),
+            message: e.to_string(),
+        });
+    }
+    portcullis_config::yaml::parse(text)
+        .map(|node| node.to_json())
+        .map_err(|e| MergeError::Parse {
+            input: input.into(),
+            message: format!("line {}: {}", e.span.line, e.message),
+        })
+}
+
+/// Component sections whose entries can be shared or renamed.
+const COMPONENT_KINDS: [&str; 10] = [
+    "schemas",
+    "responses",
+    "parameters",
+    "examples",
+    "requestBodies",
+    "headers",
+    "securitySchemes",
+    "links",
+    "callbacks",
+    "pathItems",
+];
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Merges the inputs in order.
+pub fn merge(inputs: &[Input], options: &Options) -> Result<Value, MergeError> {
+    let mut components: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+    let mut paths: Map<String, Value> = Map::new();
+    let mut path_owner: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut operation_ids: BTreeSet<String> = BTreeSet::new();
+    let mut tags: BTreeMap<String, Value> = BTreeMap::new();
+    let mut tag_groups: Vec<Value> = Vec::new();
+
+    for input in inputs {
+        let doc = &input.document;
+        let invalid = |pointer: &str, message: &str| MergeError::Invalid {
+            input: input.name.clone(),
+            pointer: pointer.into(),
+            message: message.into(),
+        };
+        if doc.get("swagger").is_some() {
+            return Err(invalid(
+                "/swagger",
+                "Swagger 2.0 documents are not converted yet; convert to OpenAPI 3 first",
+            ));
+        }
+        let version = doc.get("openapi").and_then(Value::as_str).unwrap_or("");
+        if !version.starts_with("3.") {
+            return Err(invalid("/openapi", "not an OpenAPI 3.x document"));
+        }
+
+        // Components: decide renames until stable (a shared schema that
+        // refers to a renamed one is itself different).
+        let own = doc.get("components").and_then(Value::as_object);
+        let mut renames: BTreeMap<(String, String), String> = BTreeMap::new();
+        loop {
+            let mut changed = false;
+            for kind in COMPONENT_KINDS {
+                let Some(entries) = own.and_then(|c| c.get(kind)).and_then(Value::as_object) else {
+                    continue;
+                };
+                for (name, definition) in entries {
+                    let key = (kind.to_owned(), name.clone());
+                    if renames.contains_key(&key) {
+                        continue;
+                    }
+                    let rewritten = rewrite_refs(definition, &renames);
+                    match components.get(kind).and_then(|m| m.get(name)) {
+                        Some(existing) if *existing != rewritten => {
+                            let mut candidate = format!("{}_{name}", service_id(&input.name));
+                            let mut n = 2;
+                            while components
+                                .get(kind)
+                                .is_some_and(|m| m.contains_key(&candidate))
+                            {
+                                candidate = format!("{}_{name}_{n}", service_id(&input.name));
+                                n += 1;
+                            }
+                            renames.insert(key, candidate);
+                            changed = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for kind in COMPONENT_KINDS {
+            let Some(entries) = own.and_then(|c| c.get(kind)).and_then(Value::as_object) else {
+                continue;
+            };
+            let merged = components.entry(kind).or_default();
+            for (name, definition) in entries {
+                let target = renames
+                    .get(&(kind.to_owned(), name.clone()))
+                    .cloned()
+                    .unwrap_or_else(|| name.clone());
+                merged
+                    .entry(target)
+                    .or_insert_with(|| rewrite_refs(definition, &renames));
+            }
+        }
+
+        // Paths under their public prefix.
+        let base = server_base_path(doc);
+        let security = doc.get("security").cloned();
+        let mut service_tags: BTreeSet<String> = BTreeSet::new();
+        let Some(doc_paths) = doc.get("paths").and_then(Value::as_object) else {
+            continue;
+        };
+        for (path, item) in doc_paths {
+            let public = public_path(input, &base, path);
+            let mut item = rewrite_refs(item, &renames);
+            let pointer = format!("/paths/{}", escape_pointer(&public));
+            if let Some(item) = item.as_object_mut() {
+                for method in METHODS {
+                    let Some(operation) = item.get_mut(method).and_then(Value::as_object_mut)
+                    else {
+                        continue;
+                    };
+                    let key = (public.clone(), method.to_owned());
+                    if let Some(first) = path_owner.get(&key) {
+                        return Err(MergeError::PathConflict {
+                            pointer,
+                            method: method.into(),
+                            first: first.clone(),
+                            second: input.name.clone(),
+                        });
+                    }
+                    path_owner.insert(key, input.name.clone());
+                    operation.insert("x-portcullis-service".into(), input.name.clone().into());
+                    if let Some(id) = operation.get("operationId").and_then(Value::as_str) {
+                        let mut unique = id.to_owned();
+                        if operation_ids.contains(&unique) {
+                            unique = format!("{}_{id}", service_id(&input.name));
+                            let mut n = 2;
+                            while operation_ids.contains(&unique) {
+                                unique = format!("{}_{id}_{n}", service_id(&input.name));
+                                n += 1;
+                            }
+                            operation.insert("operationId".into(), unique.clone().into());
+                        }
+                        operation_ids.insert(unique);
+                    }
+                    if !operation.contains_key("tags") {
+                        operation.insert("tags".into(), json!([input.name]));
+                    }
+                    for tag in operation["tags"].as_array().into_iter().flatten() {
+                        if let Some(tag) = tag.as_str() {
+                            service_tags.insert(tag.to_owned());
+                        }
+                    }
+                    // The merged document has no top-level security: each
+                    // operation carries its service's default.
+                    if let (Some(security), false) = (&security, operation.contains_key("security"))
+                    {
+                        operation.insert("security".into(), security.clone());
+                    }
+                }
+            }
+            match paths.get_mut(&public).and_then(Value::as_object_mut) {
+                Some(existing) => {
+                    if let Value::Object(item) = item {
+                        for (k, v) in item {
+                            existing.entry(k).or_insert(v);
+                        }
+                    }
+                }
+                None => {
+                    paths.insert(public, item);
+                }
+            }
+        }
+        for tag in doc
+            .get("tags")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = tag.get("name").and_then(Value::as_str) {
+                tags.entry(name.to_owned()).or_insert_with(|| tag.clone());
+                service_tags.insert(name.to_owned());
+            }
+        }
+        for tag in &service_tags {
+            tags.entry(tag.clone())
+                .or_insert_with(|| json!({ "name": tag }));
+        }
+        tag_groups.push(json!({ "name": input.name, "tags": service_tags }));
+    }
+
+    let mut out = Map::new();
+    out.insert("openapi".into(), options.openapi.clone().into());
+    out.insert(
+        "info".into(),
+        json!({ "title": options.title, "version": "1.0.0" }),
+    );
+    if !options.servers.is_empty() {
+        let servers: Vec<Value> = options
+            .servers
+            .iter()
+            .map(|url| json!({ "url": url }))
+            .collect();
+        out.insert("servers".into(), servers.into());
+    }
+    out.insert("paths".into(), Value::Object(paths));
+    let components: Map<String, Value> = components
+        .into_iter()
+        .filter(|(_, entries)| !entries.is_empty())
+        .map(|(kind, entries)| (kind.to_owned(), Value::Object(entries)))
+        .collect();
+    if !components.is_empty() {
+        out.insert("components".into(), Value::Object(components));
+    }
+    out.insert("tags".into(), tags.into_values().collect::<Vec<_>>().into());
+    out.insert("x-tagGroups".into(), tag_groups.into());
+    Ok(Value::Object(out))
+}
+
+/// `Name` → `Name`, usable in component names (`^[a-zA-Z0-9._-]+$`).
+fn service_id(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The path part of the document's first server URL (`/api/v3`).
+fn server_base_path(doc: &Value) -> String {
+    let url = doc
+        .pointer("/servers/0/url")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let path = match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i..]),
+        None => url,
+    };
+    path.trim_end_matches('/').to_owned()
+}
+
+fn public_path(input: &Input, base: &str, path: &str) -> String {
+    let prefix = input.prefix.trim_end_matches('/');
+    if input.strip_prefix {
+        format!("{prefix}{base}{path}")
+    } else {
+        format!("{base}{path}")
+    }
+}
+
+fn escape_pointer(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Rewrites `#/components/<kind>/<name>` references per the renames.
+fn rewrite_refs(value: &Value, renames: &BTreeMap<(String, String), String>) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    if k == "$ref" {
+                        if let Some(reference) = v.as_str() {
+                            return (k.clone(), Value::String(rewrite_ref(reference, renames)));
+                        }
+                    }
+                    (k.clone(), rewrite_refs(v, renames))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| rewrite_refs(v, renames)).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn rewrite_ref(reference: &str, renames: &BTreeMap<(String, String), String>) -> String {
+    let Some(rest) = reference.strip_prefix("#/components/") else {
+        return reference.to_owned();
+    };
+    let Some((kind, name)) = rest.split_once('/') else {
+        return reference.to_owned();
+    };
+    match renames.get(&(kind.to_owned(), name.to_owned())) {
+        Some(renamed) => format!("#/components/{kind}/{renamed}"),
+        None => reference.to_owned(),
+    }
+}
+
+/// Every `$ref` of a document that does not resolve inside it.
+pub fn dangling_refs(doc: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    collect_refs(doc, &mut |reference| {
+        if let Some(pointer) = reference.strip_prefix('#') {
+            if doc.pointer(pointer).is_none() {
+                out.push(reference.to_owned());
+            }
+        }
+    });
+    out
+}
+
+fn collect_refs(value: &Value, found: &mut dyn FnMut(&str)) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(reference)) => found(reference),
+                    _ => collect_refs(v, found),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, found)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+use super::*;
+
+fn input(name: &str, prefix: &str, doc: Value) -> Input {
+    Input {
+        name: name.into(),
+        prefix: prefix.into(),
+        strip_prefix: true,
+        document: doc,
+    }
+}
+
+fn spec(paths: Value, components: Value) -> Value {
+    json!({ "openapi": "3.0.3", "info": { "title": "t", "version": "1" }, "paths": paths, "components": components })
+}
+
+#[test]
+fn conflict_table() {
+    let pet = json!({ "type": "object", "properties": { "id": { "type": "integer" } } });
+    let error = json!({ "type": "object", "properties": { "message": { "type": "string" } } });
+    let orders = spec(
+        json!({ "/orders": { "get": { "operationId": "list", "tags": ["orders"],
+            "responses": { "200": { "description": "ok", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Item" } } } },
+                           "default": { "$ref": "#/components/responses/Error" } } } } }),
+        json!({
+            "schemas": { "Item": { "type": "object", "properties": { "sku": { "type": "string" } } }, "Error": error, "Pet": pet },
+            "responses": { "Error": { "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } } },
+            "securitySchemes": { "auth": { "type": "http", "scheme": "bearer" } }
+        }),
+    );
+    let users = spec(
+        json!({ "/users/{id}": { "get": { "operationId": "list",
+            "responses": { "200": { "description": "ok", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Item" } } } },
+                           "default": { "$ref": "#/components/responses/Error" } } } } }),
+        json!({
+            "schemas": { "Item": { "type": "object", "properties": { "name": { "type": "string" } } }, "Error": error, "Pet": pet },
+            "responses": { "Error": { "description": "error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } } },
+            "securitySchemes": { "auth": { "type": "apiKey", "in": "header", "name": "X-API-Key" } }
+        }),
+    );
+    let merged = merge(
+        &[
+            input("orders", "/orders-api", orders),
+            input("users", "/users-api", users),
+        ],
+        &Options::default(),
+    )
+    .unwrap();
+
+    // Identical components are shared.
+    assert_eq!(merged["components"]["schemas"]["Error"], error);
+    assert_eq!(merged["components"]["schemas"]["Pet"], pet);
+    assert!(merged["components"]["schemas"].get("users_Error").is_none());
+    assert!(merged["components"]["responses"]
+        .get("users_Error")
+        .is_none());
+    // Conflicting ones are renamed after the service, refs rewritten.
+    assert_eq!(
+        merged["components"]["schemas"]["users_Item"]["properties"]["name"]["type"],
+        "string"
+    );
+    let users_op = &merged["paths"]["/users-api/users/{id}"]["get"];
+    assert_eq!(
+        users_op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/users_Item"
+    );
+    assert_eq!(
+        merged["paths"]["/orders-api/orders"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Item"
+    );
+    // Security scheme collision.
+    assert_eq!(
+        merged["components"]["securitySchemes"]["auth"]["type"],
+        "http"
+    );
+    assert_eq!(
+        merged["components"]["securitySchemes"]["users_auth"]["type"],
+        "apiKey"
+    );
+    // operationId collision.
+    assert_eq!(
+        merged["paths"]["/orders-api/orders"]["get"]["operationId"],
+        "list"
+    );
+    assert_eq!(users_op["operationId"], "users_list");
+    // Tags kept, untagged operations tagged by service, grouped.
+    assert_eq!(users_op["tags"], json!(["users"]));
+    assert_eq!(users_op["x-portcullis-service"], "users");
+    assert_eq!(
+        merged["x-tagGroups"],
+        json!([{ "name": "orders", "tags": ["orders"] }, { "name": "users", "tags": ["users"] }])
+    );
+    assert!(
+        dangling_refs(&merged).is_empty(),
+        "{:?}",
+        dangling_refs(&merged)
+    );
+}
+
+#[test]
+fn a_shared_name_whose_dependency_differs_is_renamed_too() {
+    let a = spec(
+        json!({}),
+        json!({ "schemas": {
+        "Wrapper": { "type": "object", "properties": { "inner": { "$ref": "#/components/schemas/Inner" } } },
+        "Inner": { "type": "string" } } }),
+    );
+    let b = spec(
+        json!({}),
+        json!({ "schemas": {
+        "Wrapper": { "type": "object", "properties": { "inner": { "$ref": "#/components/schemas/Inner" } } },
+        "Inner": { "type": "integer" } } }),
+    );
+    let merged = merge(
+        &[input("a", "/a", a), input("b", "/b", b)],
+        &Options::default(),
+    )
+    .unwrap();
+    let schemas = &merged["components"]["schemas"];
+    assert_eq!(schemas["b_Inner"]["type"], "integer");
+    assert_eq!(
+        schemas["b_Wrapper"]["properties"]["inner"]["$ref"],
+        "#/components/schemas/b_Inner"
+    );
+    assert_eq!(
+        schemas["Wrapper"]["properties"]["inner"]["$ref"],
+        "#/components/schemas/Inner"
+    );
+}
+
+#[test]
+fn prefixes_server_paths_and_conflicts() {
+    let mut doc = spec(
+        json!({ "/pets": { "get": { "responses": {} } } }),
+        json!({}),
+    );
+    doc["servers"] = json!([{ "url": "https://petstore.example.com/api/v3" }]);
+    let stripped = input("pets", "/petstore", doc.clone());
+    let kept = Input {
+        strip_prefix: false,
+        ..input("pets2", "/api", doc.clone())
+    };
+    let merged = merge(&[stripped], &Options::default()).unwrap();
+    assert!(merged["paths"].get("/petstore/api/v3/pets").is_some());
+    let merged = merge(&[kept], &Options::default()).unwrap();
+    assert!(merged["paths"].get("/api/v3/pets").is_some());
+    let err = merge(
+        &[input("a", "/x", doc.clone()), input("b", "/x", doc)],
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`get` is defined by both `a` and `b`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn deterministic_and_yaml_round_trips() {
+    let doc = spec(
+        json!({ "/b": { "get": { "responses": {} } }, "/a": { "post": { "responses": {} } } }),
+        json!({ "schemas": { "Z": {"type": "string"}, "A": {"enum": ["true", "1.0", "yes"]} } }),
+    );
+    let one = serde_json::to_string(
+        &merge(&[input("s", "/s", doc.clone())], &Options::default()).unwrap(),
+    )
+    .unwrap();
+    let two = serde_json::to_string(
+        &merge(&[input("s", "/s", doc.clone())], &Options::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(one, two);
+    let merged = merge(&[input("s", "/s", doc)], &Options::default()).unwrap();
+    let yaml = to_yaml(&merged);
+    assert_eq!(parse("out.yaml", &yaml).unwrap(), merged);
+}
+
+#[test]
+fn swagger_2_is_refused_with_a_pointer() {
+    let err = merge(
+        &[input(
+            "old",
+            "/old",
+            json!({ "swagger": "2.0", "paths": {} }),
+        )],
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("old: /swagger:"), "{err}");
+}
