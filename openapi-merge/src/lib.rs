@@ -4,15 +4,16 @@
 //! every `$ref` rewritten, operation ids made unique, tags grouped per
 //! service. The output is deterministic: the same inputs give the same bytes.
 //!
-//! Swagger 2.0 inputs are refused with a clear error for now (conversion
-//! is the next step of the issue).
+//! Swagger 2.0 inputs are converted to OpenAPI 3.0 first (`swagger2`).
 
+mod swagger2;
 mod yaml_out;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
+pub use swagger2::convert as convert_swagger2;
 pub use yaml_out::to_yaml;
 
 /// One backend document and how the gateway exposes it.
@@ -113,18 +114,20 @@ pub fn merge(inputs: &[Input], options: &Options) -> Result<Value, MergeError> {
     let mut tag_groups: Vec<Value> = Vec::new();
 
     for input in inputs {
-        let doc = &input.document;
         let invalid = |pointer: &str, message: &str| MergeError::Invalid {
             input: input.name.clone(),
             pointer: pointer.into(),
             message: message.into(),
         };
-        if doc.get("swagger").is_some() {
-            return Err(invalid(
-                "/swagger",
-                "Swagger 2.0 documents are not converted yet; convert to OpenAPI 3 first",
-            ));
-        }
+        let converted;
+        let doc = match input.document.get("swagger") {
+            Some(Value::String(v)) if v == "2.0" => {
+                converted = swagger2::convert(&input.document);
+                &converted
+            }
+            Some(_) => return Err(invalid("/swagger", "only Swagger 2.0 is supported")),
+            None => &input.document,
+        };
         let version = doc.get("openapi").and_then(Value::as_str).unwrap_or("");
         if !version.starts_with("3.") {
             return Err(invalid("/openapi", "not an OpenAPI 3.x document"));

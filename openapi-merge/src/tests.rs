@@ -177,15 +177,102 @@ fn deterministic_and_yaml_round_trips() {
 }
 
 #[test]
-fn swagger_2_is_refused_with_a_pointer() {
+fn other_versions_are_refused_with_a_pointer() {
     let err = merge(
         &[input(
             "old",
             "/old",
-            json!({ "swagger": "2.0", "paths": {} }),
+            json!({ "swagger": "1.2", "paths": {} }),
         )],
         &Options::default(),
     )
     .unwrap_err();
     assert!(err.to_string().starts_with("old: /swagger:"), "{err}");
+    let err = merge(
+        &[input("x", "/x", json!({ "paths": {} }))],
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("x: /openapi:"), "{err}");
+}
+
+#[test]
+fn swagger_2_is_converted() {
+    let doc = json!({
+        "swagger": "2.0",
+        "info": { "title": "old", "version": "1" },
+        "host": "legacy.example.com", "basePath": "/api", "schemes": ["https"],
+        "consumes": ["application/json"], "produces": ["application/json"],
+        "paths": { "/pets/{id}": {
+            "parameters": [ { "name": "id", "in": "path", "required": true, "type": "integer", "format": "int64" } ],
+            "put": {
+                "operationId": "updatePet",
+                "parameters": [
+                    { "name": "pet", "in": "body", "required": true, "schema": { "$ref": "#/definitions/Pet" } },
+                    { "name": "tags", "in": "query", "type": "array", "items": { "type": "string" }, "collectionFormat": "csv" }
+                ],
+                "responses": { "200": { "description": "ok", "schema": { "$ref": "#/definitions/Pet" }, "headers": { "X-Rate": { "type": "integer" } } },
+                               "default": { "$ref": "#/responses/Error" } }
+            },
+            "post": {
+                "consumes": ["multipart/form-data"],
+                "parameters": [ { "name": "photo", "in": "formData", "type": "file", "required": true } ],
+                "responses": { "201": { "description": "uploaded" } }
+            }
+        } },
+        "definitions": { "Pet": { "type": "object", "properties": { "name": { "type": "string", "x-nullable": true } } } },
+        "responses": { "Error": { "description": "error", "schema": { "$ref": "#/definitions/Pet" } } },
+        "securityDefinitions": {
+            "basic": { "type": "basic" },
+            "oauth": { "type": "oauth2", "flow": "application", "tokenUrl": "https://idp/token", "scopes": { "pets:write": "w" } }
+        }
+    });
+    let merged = merge(&[input("legacy", "/legacy", doc)], &Options::default()).unwrap();
+    let item = &merged["paths"]["/legacy/api/pets/{id}"];
+    assert_eq!(
+        item["parameters"][0]["schema"],
+        json!({ "type": "integer", "format": "int64" })
+    );
+    let put = &item["put"];
+    assert_eq!(
+        put["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Pet"
+    );
+    assert_eq!(put["requestBody"]["required"], true);
+    assert_eq!(put["parameters"][0]["schema"]["items"]["type"], "string");
+    assert_eq!(put["parameters"][0]["explode"], false);
+    assert_eq!(
+        put["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Pet"
+    );
+    assert_eq!(
+        put["responses"]["200"]["headers"]["X-Rate"]["schema"]["type"],
+        "integer"
+    );
+    assert_eq!(
+        put["responses"]["default"]["$ref"],
+        "#/components/responses/Error"
+    );
+    let upload = &item["post"]["requestBody"]["content"]["multipart/form-data"]["schema"];
+    assert_eq!(
+        upload["properties"]["photo"],
+        json!({ "type": "string", "format": "binary" })
+    );
+    assert_eq!(
+        merged["components"]["schemas"]["Pet"]["properties"]["name"]["nullable"],
+        true
+    );
+    assert_eq!(
+        merged["components"]["securitySchemes"]["basic"],
+        json!({ "type": "http", "scheme": "basic" })
+    );
+    assert_eq!(
+        merged["components"]["securitySchemes"]["oauth"]["flows"]["clientCredentials"]["tokenUrl"],
+        "https://idp/token"
+    );
+    assert!(
+        dangling_refs(&merged).is_empty(),
+        "{:?}",
+        dangling_refs(&merged)
+    );
 }

@@ -22,6 +22,8 @@ fn samples() -> PathBuf {
     dir
 }
 
+const SWAGGER2: (&str, &str, &str) = ("legacy", "/legacy", "petstore-expanded.swagger2.0.json");
+
 const OAS3: [(&str, &str, &str); 5] = [
     ("pets", "/pets", "petstore.oas3.0.yaml"),
     ("sec", "/sec", "security-schemes.oas3.0.json"),
@@ -161,16 +163,48 @@ fn merged_output_passes_openapi_spec_validator() {
 }
 
 #[test]
+fn swagger_2_sample_converted_with_every_operation() {
+    let merged: Value = serde_json::from_slice(&merge(&[SWAGGER2, OAS3[0]], &[])).unwrap();
+    let text = std::fs::read_to_string(samples().join(SWAGGER2.2)).unwrap();
+    let input = portcullis_openapi_merge::parse("swagger", &text).unwrap();
+    let base = input["basePath"].as_str().unwrap_or("");
+    let mut count = 0;
+    for (path, item) in input["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if item.get(method).is_some() {
+                count += 1;
+                let public = format!("{}{base}{path}", SWAGGER2.1);
+                assert_eq!(
+                    merged["paths"][&public][method]["x-portcullis-service"], "legacy",
+                    "{method} {public}"
+                );
+            }
+        }
+    }
+    assert!(count >= 4);
+    assert!(portcullis_openapi_merge::dangling_refs(&merged).is_empty());
+}
+
+#[test]
 fn bad_input_names_the_input_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.json");
-    std::fs::copy(samples().join("petstore-expanded.swagger2.0.json"), &path).unwrap();
-    let output = Command::new(BIN)
-        .args(["openapi", "merge"])
-        .arg(format!("old=/old={}", path.display()))
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("old: /swagger:"), "{stderr}");
+    for (file, text, expected) in [
+        ("broken.yaml", "openapi: [\n", "broken: cannot parse: line"),
+        (
+            "old.json",
+            "{\"swagger\": \"1.2\", \"paths\": {}}",
+            "broken: /swagger:",
+        ),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(BIN)
+            .args(["openapi", "merge"])
+            .arg(format!("broken=/b={}", path.display()))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
 }
