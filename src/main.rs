@@ -178,7 +178,7 @@ fn openapi_merge(
         openapi: if openapi == "3.0" { "3.0.3" } else { "3.1.0" }.to_owned(),
         ..Default::default()
     };
-    let merged = portcullis_openapi_merge::merge(&inputs, &options)?;
+    let merged = portcullis_openapi_merge::merge(inputs, &options)?;
     let text = match format {
         "yaml" => portcullis_openapi_merge::to_yaml(&merged),
         _ => serde_json::to_string_pretty(&merged)? + "\n",

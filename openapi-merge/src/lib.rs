@@ -7,6 +7,7 @@
 //! Swagger 2.0 inputs are converted to OpenAPI 3.0 first (`swagger2`).
 
 mod swagger2;
+mod yaml_in;
 mod yaml_out;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -78,12 +79,10 @@ pub fn parse(input: &str, text: &str) -> Result<Value, MergeError> {
             message: e.to_string(),
         });
     }
-    portcullis_config::yaml::parse(text)
-        .map(|node| node.to_json())
-        .map_err(|e| MergeError::Parse {
-            input: input.into(),
-            message: format!("line {}: {}", e.span.line, e.message),
-        })
+    yaml_in::parse(text).map_err(|(line, message)| MergeError::Parse {
+        input: input.into(),
+        message: format!("line {line}: {message}"),
+    })
 }
 
 /// Component sections whose entries can be shared or renamed.
@@ -104,8 +103,9 @@ const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-/// Merges the inputs in order.
-pub fn merge(inputs: &[Input], options: &Options) -> Result<Value, MergeError> {
+/// Merges the inputs in order. Takes them by value: their trees move into
+/// the result instead of being copied (a third of a large merge's time).
+pub fn merge(inputs: Vec<Input>, options: &Options) -> Result<Value, MergeError> {
     let mut components: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
     let mut paths: Map<String, Value> = Map::new();
     let mut path_owner: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -113,21 +113,18 @@ pub fn merge(inputs: &[Input], options: &Options) -> Result<Value, MergeError> {
     let mut tags: BTreeMap<String, Value> = BTreeMap::new();
     let mut tag_groups: Vec<Value> = Vec::new();
 
-    for input in inputs {
+    for mut input in inputs {
         let invalid = |pointer: &str, message: &str| MergeError::Invalid {
             input: input.name.clone(),
             pointer: pointer.into(),
             message: message.into(),
         };
-        let converted;
-        let doc = match input.document.get("swagger") {
-            Some(Value::String(v)) if v == "2.0" => {
-                converted = swagger2::convert(&input.document);
-                &converted
-            }
+        let mut doc = match input.document.get("swagger") {
+            Some(Value::String(v)) if v == "2.0" => swagger2::convert(&input.document),
             Some(_) => return Err(invalid("/swagger", "only Swagger 2.0 is supported")),
-            None => &input.document,
+            None => std::mem::take(&mut input.document),
         };
+        let doc = &mut doc;
         let version = doc.get("openapi").and_then(Value::as_str).unwrap_or("");
         if !version.starts_with("3.") {
             return Err(invalid("/openapi", "not an OpenAPI 3.x document"));
@@ -171,19 +168,24 @@ pub fn merge(inputs: &[Input], options: &Options) -> Result<Value, MergeError> {
                 break;
             }
         }
+        let mut own_components = doc
+            .get_mut("components")
+            .map(Value::take)
+            .unwrap_or(Value::Null);
         for kind in COMPONENT_KINDS {
-            let Some(entries) = own.and_then(|c| c.get(kind)).and_then(Value::as_object) else {
+            let Some(entries) = own_components.get_mut(kind).and_then(Value::as_object_mut) else {
                 continue;
             };
             let merged = components.entry(kind).or_default();
-            for (name, definition) in entries {
+            for (name, mut definition) in std::mem::take(entries) {
                 let target = renames
                     .get(&(kind.to_owned(), name.clone()))
                     .cloned()
-                    .unwrap_or_else(|| name.clone());
-                merged
-                    .entry(target)
-                    .or_insert_with(|| rewrite_refs(definition, &renames));
+                    .unwrap_or(name);
+                if let serde_json::map::Entry::Vacant(slot) = merged.entry(target) {
+                    rewrite_refs_in_place(&mut definition, &renames);
+                    slot.insert(definition);
+                }
             }
         }
 
@@ -191,12 +193,13 @@ pub fn merge(inputs: &[Input], options: &Options) -> Result<Value, MergeError> {
         let base = server_base_path(doc);
         let security = doc.get("security").cloned();
         let mut service_tags: BTreeSet<String> = BTreeSet::new();
-        let Some(doc_paths) = doc.get("paths").and_then(Value::as_object) else {
-            continue;
+        let doc_paths = match doc.get_mut("paths").map(Value::take) {
+            Some(Value::Object(paths)) => paths,
+            _ => Map::new(),
         };
-        for (path, item) in doc_paths {
-            let public = public_path(input, &base, path);
-            let mut item = rewrite_refs(item, &renames);
+        for (path, mut item) in doc_paths {
+            let public = public_path(&input, &base, &path);
+            rewrite_refs_in_place(&mut item, &renames);
             let pointer = format!("/paths/{}", escape_pointer(&public));
             if let Some(item) = item.as_object_mut() {
                 for method in METHODS {
@@ -340,6 +343,29 @@ fn public_path(input: &Input, base: &str, path: &str) -> String {
 
 fn escape_pointer(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Rewrites references in place; nothing to do without renames.
+fn rewrite_refs_in_place(value: &mut Value, renames: &BTreeMap<(String, String), String>) {
+    if renames.is_empty() {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(reference) if k == "$ref" => {
+                        *reference = rewrite_ref(reference, renames)
+                    }
+                    other => rewrite_refs_in_place(other, renames),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|v| rewrite_refs_in_place(v, renames)),
+        _ => {}
+    }
 }
 
 /// Rewrites `#/components/<kind>/<name>` references per the renames.

@@ -38,7 +38,7 @@ fn conflict_table() {
         }),
     );
     let merged = merge(
-        &[
+        vec![
             input("orders", "/orders-api", orders),
             input("users", "/users-api", users),
         ],
@@ -112,7 +112,7 @@ fn a_shared_name_whose_dependency_differs_is_renamed_too() {
         "Inner": { "type": "integer" } } }),
     );
     let merged = merge(
-        &[input("a", "/a", a), input("b", "/b", b)],
+        vec![input("a", "/a", a), input("b", "/b", b)],
         &Options::default(),
     )
     .unwrap();
@@ -140,12 +140,12 @@ fn prefixes_server_paths_and_conflicts() {
         strip_prefix: false,
         ..input("pets2", "/api", doc.clone())
     };
-    let merged = merge(&[stripped], &Options::default()).unwrap();
+    let merged = merge(vec![stripped], &Options::default()).unwrap();
     assert!(merged["paths"].get("/petstore/api/v3/pets").is_some());
-    let merged = merge(&[kept], &Options::default()).unwrap();
+    let merged = merge(vec![kept], &Options::default()).unwrap();
     assert!(merged["paths"].get("/api/v3/pets").is_some());
     let err = merge(
-        &[input("a", "/x", doc.clone()), input("b", "/x", doc)],
+        vec![input("a", "/x", doc.clone()), input("b", "/x", doc)],
         &Options::default(),
     )
     .unwrap_err();
@@ -163,15 +163,15 @@ fn deterministic_and_yaml_round_trips() {
         json!({ "schemas": { "Z": {"type": "string"}, "A": {"enum": ["true", "1.0", "yes"]} } }),
     );
     let one = serde_json::to_string(
-        &merge(&[input("s", "/s", doc.clone())], &Options::default()).unwrap(),
+        &merge(vec![input("s", "/s", doc.clone())], &Options::default()).unwrap(),
     )
     .unwrap();
     let two = serde_json::to_string(
-        &merge(&[input("s", "/s", doc.clone())], &Options::default()).unwrap(),
+        &merge(vec![input("s", "/s", doc.clone())], &Options::default()).unwrap(),
     )
     .unwrap();
     assert_eq!(one, two);
-    let merged = merge(&[input("s", "/s", doc)], &Options::default()).unwrap();
+    let merged = merge(vec![input("s", "/s", doc)], &Options::default()).unwrap();
     let yaml = to_yaml(&merged);
     assert_eq!(parse("out.yaml", &yaml).unwrap(), merged);
 }
@@ -179,7 +179,7 @@ fn deterministic_and_yaml_round_trips() {
 #[test]
 fn other_versions_are_refused_with_a_pointer() {
     let err = merge(
-        &[input(
+        vec![input(
             "old",
             "/old",
             json!({ "swagger": "1.2", "paths": {} }),
@@ -189,7 +189,7 @@ fn other_versions_are_refused_with_a_pointer() {
     .unwrap_err();
     assert!(err.to_string().starts_with("old: /swagger:"), "{err}");
     let err = merge(
-        &[input("x", "/x", json!({ "paths": {} }))],
+        vec![input("x", "/x", json!({ "paths": {} }))],
         &Options::default(),
     )
     .unwrap_err();
@@ -227,7 +227,7 @@ fn swagger_2_is_converted() {
             "oauth": { "type": "oauth2", "flow": "application", "tokenUrl": "https://idp/token", "scopes": { "pets:write": "w" } }
         }
     });
-    let merged = merge(&[input("legacy", "/legacy", doc)], &Options::default()).unwrap();
+    let merged = merge(vec![input("legacy", "/legacy", doc)], &Options::default()).unwrap();
     let item = &merged["paths"]["/legacy/api/pets/{id}"];
     assert_eq!(
         item["parameters"][0]["schema"],

@@ -418,6 +418,14 @@ fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
     Ok(out)
 }
 
+/// A plain (unquoted) scalar typed by the YAML 1.2 core schema.
+pub fn plain_scalar_value(text: &str) -> serde_json::Value {
+    if matches!(text, "" | "~" | "null" | "Null" | "NULL") {
+        return serde_json::Value::Null;
+    }
+    plain_scalar(text)
+}
+
 fn plain_scalar(text: &str) -> serde_json::Value {
     use serde_json::Value;
     match text {
