@@ -114,6 +114,9 @@ fn spawn_drain_watcher() {
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub fn run(valid: ValidConfig) -> Result<(), StartError> {
+    // The metric families are built from static definitions; build them
+    // before anything serves, so even a mistake there could only fail start.
+    metrics::metrics();
     let valid = Arc::new(valid);
     let config = &valid.config;
 

@@ -11,6 +11,14 @@ fn config(targets: &[&Backend], extra: &str) -> String {
     ))
 }
 
+/// `config` with more fields on its one route.
+fn with_route_fields(targets: &[&Backend], fields: &str) -> String {
+    config(targets, "").replace(
+        "  - { name: all, upstream: pool }",
+        &format!("  - {{ name: all, upstream: pool, {fields} }}"),
+    )
+}
+
 async fn backends_hit(gateway: &Gateway, n: usize) -> Vec<String> {
     let client = client();
     let mut seen = Vec::new();
@@ -244,10 +252,7 @@ async fn breaker_opens_half_opens_and_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulkhead_rejects_over_the_limit_at_once() {
     let a = Backend::start("a").await;
-    let text = config(&[&a], "").replace(
-        "  - { name: all, upstream: pool }",
-        "  - { name: all, upstream: pool, max_concurrent: 2 }",
-    );
+    let text = with_route_fields(&[&a], "max_concurrent: 2");
     let gateway = Gateway::start(&text).await;
     let client = client();
     let slow: Vec<_> = (0..2)
@@ -290,9 +295,9 @@ async fn bulkhead_rejects_over_the_limit_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_injection_within_five_percent() {
     let a = Backend::start("a").await;
-    let text = config(&[&a], "").replace(
-        "  - { name: all, upstream: pool }",
-        "  - { name: all, upstream: pool, fault: { abort: { percent: 20, status: 418 }, delay: { percent: 30, duration: 40ms } } }",
+    let text = with_route_fields(
+        &[&a],
+        "fault: { abort: { percent: 20, status: 418 }, delay: { percent: 30, duration: 40ms } }",
     );
     let gateway = Gateway::start(&text).await;
     let client = client();

@@ -68,6 +68,18 @@ async fn start_stub(stub: Stub) -> String {
     url
 }
 
+/// The status of GET `path` with a bearer token.
+async fn status(gateway: &Gateway, path: &str, token: &str) -> u16 {
+    client()
+        .get(gateway.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn config(echo: &Backend, endpoint: &str, on_error: &str) -> String {
     with_plain_listener(&format!(
         "identity:\n  providers:\n    - name: idp\n      issuer: 'https://idp.example.com'\n      jwks_uri: 'http://127.0.0.1:9/jwks'\n      audiences: [api]\n      roles_claim: scope\n      fetch_timeout: 1s\n      introspection: {{ endpoint: '{endpoint}', client_id: gateway, client_secret: 'not-a-real-secret', max_ttl: 1s, negative_ttl: 1s, on_error: {on_error} }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: r, upstream: echo, auth: {{ mode: required, roles_any: ['orders:read'] }} }}\n",
@@ -93,14 +105,7 @@ async fn introspected_once_then_cached_until_revoked_entry_expires() {
     let seen: Echo = response.json().await.unwrap();
     assert_eq!(seen.headers["x-user-id"], "svc-7");
     for _ in 0..20 {
-        let status = client()
-            .get(gateway.url("/a"))
-            .bearer_auth("opaque-abc")
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
+        assert_eq!(status(&gateway, "/a", "opaque-abc").await, 200);
     }
     assert_eq!(
         stub.calls.load(Ordering::SeqCst),
@@ -111,22 +116,10 @@ async fn introspected_once_then_cached_until_revoked_entry_expires() {
     // Revoked: accepted from the cache until its entry (max_ttl 1 s) expires.
     stub.active.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let status = client()
-        .get(gateway.url("/a"))
-        .bearer_auth("opaque-abc")
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 401);
+    assert_eq!(status(&gateway, "/a", "opaque-abc").await, 401);
     assert_eq!(stub.calls.load(Ordering::SeqCst), 2);
     // The negative answer is cached too.
-    client()
-        .get(gateway.url("/a"))
-        .bearer_auth("opaque-abc")
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(status(&gateway, "/a", "opaque-abc").await, 401);
     assert_eq!(stub.calls.load(Ordering::SeqCst), 2);
 }
 
