@@ -16,6 +16,8 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # Rate-limit tests start and kill their own redis-server.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The docs portal is rendered by a real headless browser.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq

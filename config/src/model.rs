@@ -41,6 +41,90 @@ pub struct FileConfig {
     /// Where rate-limit counters live and what happens when Redis fails.
     #[serde(default)]
     pub rate_limits: RateLimitSettings,
+    /// The merged OpenAPI document of the backends and the docs portal.
+    /// Defaults to off.
+    #[serde(default)]
+    pub portal: Portal,
+}
+
+/// The docs portal: the backends' OpenAPI documents (routes with `openapi`)
+/// merged along the routing table, served on every listener.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Portal {
+    /// Serve the merged document and the portal. Defaults to false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Path of the merged document as JSON; the same path ending in `.yaml`
+    /// serves YAML. Defaults to `/openapi.json`.
+    #[serde(default = "default_spec_path")]
+    pub spec_path: String,
+    /// Path of the portal (Swagger UI, embedded). Defaults to `/docs`.
+    #[serde(default = "default_docs_path")]
+    pub docs_path: String,
+    /// `info.title` of the merged document and the portal's title.
+    /// Defaults to `API`.
+    #[serde(default = "default_portal_title")]
+    pub title: String,
+    /// The gateway's public URLs, written to `servers`. Defaults to none
+    /// (the document's paths are then relative to where it was loaded from).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// How often each backend's document is fetched again (with
+    /// `If-None-Match`). Defaults to 30s.
+    #[serde(default = "default_portal_refresh")]
+    pub refresh_interval: Duration,
+    /// Longest wait for one backend's document. Defaults to 5s.
+    #[serde(default = "default_portal_fetch_timeout")]
+    pub fetch_timeout: Duration,
+    /// Largest backend document accepted. Defaults to 10MiB.
+    #[serde(default = "default_portal_max_size")]
+    pub max_document_size: ByteSize,
+    /// Hide the operations a caller cannot reach: anonymous callers see the
+    /// routes without required authentication, callers with a token the
+    /// routes whose roles, scopes and claims they pass. Defaults to true.
+    #[serde(default = "default_true")]
+    pub hide_unreachable: bool,
+}
+
+impl Default for Portal {
+    fn default() -> Self {
+        Portal {
+            enabled: false,
+            spec_path: default_spec_path(),
+            docs_path: default_docs_path(),
+            title: default_portal_title(),
+            servers: Vec::new(),
+            refresh_interval: default_portal_refresh(),
+            fetch_timeout: default_portal_fetch_timeout(),
+            max_document_size: default_portal_max_size(),
+            hide_unreachable: true,
+        }
+    }
+}
+
+fn default_spec_path() -> String {
+    "/openapi.json".into()
+}
+
+fn default_docs_path() -> String {
+    "/docs".into()
+}
+
+fn default_portal_title() -> String {
+    "API".into()
+}
+
+fn default_portal_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_portal_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_portal_max_size() -> ByteSize {
+    ByteSize(10 * 1024 * 1024)
 }
 
 /// A Redis server.
@@ -979,6 +1063,11 @@ pub struct Route {
     /// Fault injection for resilience tests. Defaults to off.
     #[serde(default)]
     pub fault: Option<Fault>,
+    /// Path of the upstream's OpenAPI (or Swagger 2.0) document, e.g.
+    /// `/openapi.json`; merged into the portal under this route's
+    /// `path_prefix`. Defaults to none.
+    #[serde(default)]
+    pub openapi: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

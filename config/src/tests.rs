@@ -210,3 +210,40 @@ routes:
         (10000, std::time::Duration::from_secs(3600))
     );
 }
+
+#[test]
+fn portal_paths_and_route_documents_are_checked() {
+    let text = "\
+listeners:
+  - { name: plain, address: 127.0.0.1:8080 }
+portal: { enabled: true, spec_path: /api, docs_path: /docs/, servers: [api.example.com] }
+upstreams:
+  orders: { targets: [127.0.0.1:9000] }
+routes:
+  - { name: by-prefix, match: { path_prefix: /orders }, upstream: orders, openapi: /openapi.json }
+  - { name: exact, match: { path: /status }, upstream: orders, openapi: openapi.json }
+";
+    let message = errors(text);
+    assert!(message.contains("test.yaml:3:"), "{message}");
+    assert!(
+        message.contains("portal.spec_path: must end in `.json`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("portal.docs_path: must be a path"),
+        "{message}"
+    );
+    assert!(
+        message.contains("portal.servers[0]: must be an absolute"),
+        "{message}"
+    );
+    assert!(
+        message.contains("routes[1].openapi: must be a path on the upstream"),
+        "{message}"
+    );
+    assert!(
+        message.contains("routes[1].openapi: only a route matching a `path_prefix`"),
+        "{message}"
+    );
+    assert!(!message.contains("routes[0]"), "{message}");
+}

@@ -105,6 +105,60 @@ impl<'a> Checker<'a> {
             }
             self.route(&at, route, config);
         }
+        self.portal(config);
+    }
+
+    fn portal(&mut self, config: &FileConfig) {
+        let at = root().child_key("portal");
+        let portal = &config.portal;
+        for (key, path) in [
+            ("spec_path", &portal.spec_path),
+            ("docs_path", &portal.docs_path),
+        ] {
+            if !path.starts_with('/') || path.len() < 2 || path.ends_with('/') {
+                self.problem(
+                    at.child_key(key),
+                    "must be a path like `/openapi.json`: starting with `/`, not ending with one",
+                );
+            }
+        }
+        if portal.spec_path == portal.docs_path {
+            self.problem(at.child_key("docs_path"), "must differ from `spec_path`");
+        }
+        if !portal.spec_path.ends_with(".json") {
+            self.problem(
+                at.child_key("spec_path"),
+                "must end in `.json` (the `.yaml` twin is derived from it)",
+            );
+        }
+        for (i, server) in portal.servers.iter().enumerate() {
+            if !(server.starts_with("https://") || server.starts_with("http://")) {
+                self.problem(
+                    at.child_key("servers").child_index(i),
+                    "must be an absolute http(s) URL",
+                );
+            }
+        }
+        if portal.refresh_interval.0.is_zero() {
+            self.problem(at.child_key("refresh_interval"), "must be more than zero");
+        }
+        let routes = root().child_key("routes");
+        for (i, route) in config.routes.iter().enumerate() {
+            let Some(path) = &route.openapi else { continue };
+            let r_at = routes.child_index(i).child_key("openapi");
+            if !path.starts_with('/') {
+                self.problem(
+                    r_at.clone(),
+                    "must be a path on the upstream, starting with `/`",
+                );
+            }
+            if route.matcher.path.is_some() || route.rewrite_path.is_some() {
+                self.problem(
+                    r_at,
+                    "only a route matching a `path_prefix` (without `rewrite_path`) can publish its upstream's document",
+                );
+            }
+        }
     }
 
     fn identity(&mut self, identity: &Identity) {

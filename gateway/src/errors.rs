@@ -37,6 +37,8 @@ pub enum GatewayError {
     HeadersTooLarge,
     #[error("bad request")]
     BadRequest,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("client too slow")]
     ClientTimeout,
     #[error("internal error")]
@@ -59,6 +61,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge => 413,
             GatewayError::HeadersTooLarge => 431,
             GatewayError::BadRequest => 400,
+            GatewayError::MethodNotAllowed => 405,
             GatewayError::ClientTimeout => 408,
             GatewayError::Internal => 500,
         }
@@ -78,6 +81,7 @@ impl GatewayError {
             431 => GatewayError::HeadersTooLarge,
             408 => GatewayError::ClientTimeout,
             400 => GatewayError::BadRequest,
+            405 => GatewayError::MethodNotAllowed,
             502 => GatewayError::UpstreamFailed,
             _ => GatewayError::Internal,
         }

@@ -13,6 +13,7 @@ pub mod errors;
 pub mod guard;
 pub mod headers;
 pub mod metrics;
+pub mod portal;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;

@@ -149,6 +149,40 @@ impl Gateway {
         Ok(true)
     }
 
+    async fn serve_portal(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: &Snapshot,
+        site: &crate::portal::Site,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let answer = match crate::portal::page(site, req.uri.path()) {
+            Some(page) => {
+                crate::portal::serve(page, &req.method, &req.headers, snapshot, site).await
+            }
+            None => Err(GatewayError::NoRoute),
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return self.reject(session, ctx, e).await,
+        };
+        let head_only = req.method == http::Method::HEAD;
+        let mut header = ResponseHeader::build(answer.status, Some(answer.headers.len() + 2))?;
+        for (name, value) in answer.headers {
+            header.insert_header(name, &*value)?;
+        }
+        header.insert_header(header::CONTENT_LENGTH, answer.body.len())?;
+        header.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        session
+            .write_response_header(Box::new(header), head_only || answer.body.is_empty())
+            .await?;
+        if !head_only && !answer.body.is_empty() {
+            session.write_response_body(Some(answer.body), true).await?;
+        }
+        Ok(true)
+    }
+
     /// Why pingora failed, as one of our errors.
     fn classify(e: &Error) -> Option<GatewayError> {
         use ErrorType::*;
@@ -264,6 +298,12 @@ impl ProxyHttp for Gateway {
         if let Some(internal) = &snapshot.auth.internal {
             if session.req_header().uri.path() == INTERNAL_JWKS_PATH {
                 return serve_internal_jwks(session, ctx, internal.jwks()).await;
+            }
+        }
+
+        if let Some(site) = &snapshot.portal {
+            if crate::portal::page(site, session.req_header().uri.path()).is_some() {
+                return self.serve_portal(session, ctx, &snapshot, site).await;
             }
         }
 

@@ -82,9 +82,11 @@ impl Reloader {
         let registries = Registries::new(runtime.clone());
         let (snapshot, new_parts) = Snapshot::compile(valid.clone(), &registries, 1)?;
         new_parts.start(&runtime);
+        let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+        crate::portal::spawn_fetcher(shared.clone(), registries.portal.clone(), &runtime);
         Ok(Reloader {
             path: valid.source.clone(),
-            shared: Arc::new(ArcSwap::from_pointee(snapshot)),
+            shared,
             registries,
             runtime,
             generation: AtomicU64::new(1),
@@ -138,6 +140,7 @@ impl Reloader {
         new_parts.start(&self.runtime);
         self.shared.store(Arc::new(snapshot));
         self.generation.store(generation, Ordering::SeqCst);
+        self.registries.portal.wake();
         Ok(generation)
     }
 }

@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub route_metrics: Vec<RouteMetrics>,
     /// Series for requests answered before a route was found.
     pub unrouted_metrics: RouteMetrics,
+    /// The merged OpenAPI document and docs portal, when enabled.
+    pub portal: Option<crate::portal::Site>,
     /// The config as loaded, for `GET /config`.
     pub config: Arc<ValidConfig>,
 }
@@ -73,6 +75,8 @@ pub struct Registries {
     pub keys: KeyRegistry,
     pub limiters: Arc<LimiterRegistry>,
     pub control: tokio::runtime::Handle,
+    /// Fetched backend documents and the published merge.
+    pub portal: Arc<crate::portal::Portal>,
     /// Bulkhead semaphores by route and size: requests in flight across a
     /// reload still count.
     bulkheads:
@@ -88,6 +92,7 @@ impl Registries {
             keys: KeyRegistry::default(),
             limiters,
             control,
+            portal: Arc::default(),
             bulkheads: std::sync::Mutex::default(),
         }
     }
@@ -198,6 +203,7 @@ impl Snapshot {
                 unrouted_metrics: metrics().route(""),
                 access_log: config.server.access_log,
                 router,
+                portal: crate::portal::Site::compile(config, &registries.portal),
                 config: valid.clone(),
             },
             NewParts {

@@ -403,6 +403,110 @@ fn rewrite_ref(reference: &str, renames: &BTreeMap<(String, String), String>) ->
     }
 }
 
+/// Keeps only the operations of the services `keep` accepts (by their
+/// `x-portcullis-service`), then drops what only the removed ones used:
+/// empty path items, their tags and tag groups, and components no remaining
+/// `$ref` reaches (security schemes stay: operations name them, not refer
+/// to them). The gateway uses it to show each caller only what it can call.
+pub fn retain_services(doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
+    let Some(root) = doc.as_object_mut() else {
+        return;
+    };
+    let mut used_tags: BTreeSet<String> = BTreeSet::new();
+    let mut kept_services: BTreeSet<String> = BTreeSet::new();
+    if let Some(Value::Object(paths)) = root.get_mut("paths") {
+        paths.retain(|_, item| {
+            let Some(item) = item.as_object_mut() else {
+                return false;
+            };
+            for method in METHODS {
+                let service = item
+                    .get(method)
+                    .and_then(|op| op.get("x-portcullis-service"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                match service {
+                    Some(service) if !keep(&service) => {
+                        item.remove(method);
+                    }
+                    Some(service) => {
+                        kept_services.insert(service);
+                    }
+                    None => {}
+                }
+                let tags = item.get(method).and_then(|op| op.get("tags"));
+                for tag in tags.and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(tag) = tag.as_str() {
+                        used_tags.insert(tag.to_owned());
+                    }
+                }
+            }
+            METHODS.iter().any(|m| item.contains_key(*m))
+        });
+    }
+    if let Some(Value::Array(tags)) = root.get_mut("tags") {
+        tags.retain(|tag| {
+            tag.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|name| used_tags.contains(name))
+        });
+    }
+    if let Some(Value::Array(groups)) = root.get_mut("x-tagGroups") {
+        groups.retain(|group| {
+            group
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|name| kept_services.contains(name))
+        });
+    }
+    prune_components(root);
+}
+
+/// Removes components that nothing outside `components` reaches, directly
+/// or through other components.
+fn prune_components(root: &mut Map<String, Value>) {
+    let mut reachable: BTreeSet<String> = BTreeSet::new();
+    let mut pending: Vec<String> = Vec::new();
+    for (key, value) in root.iter() {
+        if key != "components" {
+            collect_refs(value, &mut |r| pending.push(r.to_owned()));
+        }
+    }
+    let Some(Value::Object(components)) = root.get_mut("components") else {
+        return;
+    };
+    while let Some(reference) = pending.pop() {
+        if !reachable.insert(reference.clone()) {
+            continue;
+        }
+        let target = reference
+            .strip_prefix("#/components/")
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(kind, name)| {
+                let name = name.replace("~1", "/").replace("~0", "~");
+                components.get(kind).and_then(|c| c.get(&name))
+            });
+        if let Some(target) = target {
+            collect_refs(target, &mut |r| pending.push(r.to_owned()));
+        }
+    }
+    for (kind, entries) in components.iter_mut() {
+        if kind == "securitySchemes" {
+            continue;
+        }
+        if let Some(entries) = entries.as_object_mut() {
+            entries.retain(|name, _| {
+                let escaped = name.replace('~', "~0").replace('/', "~1");
+                reachable.contains(&format!("#/components/{kind}/{escaped}"))
+            });
+        }
+    }
+    components.retain(|_, entries| entries.as_object().is_none_or(|e| !e.is_empty()));
+    if components.is_empty() {
+        root.remove("components");
+    }
+}
+
 /// Every `$ref` of a document that does not resolve inside it.
 pub fn dangling_refs(doc: &Value) -> Vec<String> {
     let mut out = Vec::new();

@@ -276,3 +276,67 @@ fn swagger_2_is_converted() {
         dangling_refs(&merged)
     );
 }
+
+#[test]
+fn retain_services_hides_operations_tags_and_their_components() {
+    let shared = json!({"type": "object", "properties": {"id": {"type": "string"}}});
+    let pets = spec(
+        json!({"/pets": {"get": {"operationId": "list", "tags": ["pets"],
+            "responses": {"200": {"description": "ok", "content": {"application/json":
+                {"schema": {"$ref": "#/components/schemas/Page"}}}}}}}}),
+        json!({"schemas": {"Page": {"$ref": "#/components/schemas/Id"}, "Id": shared}}),
+    );
+    let admin = spec(
+        json!({"/users": {"get": {"operationId": "list", "tags": ["users"],
+            "responses": {"200": {"description": "ok", "content": {"application/json":
+                {"schema": {"$ref": "#/components/schemas/Secret"}}}}}}},
+            "/pets": {"delete": {"responses": {"204": {"description": "gone"}}}}}),
+        json!({"schemas": {"Secret": {"type": "string"}, "Id": shared},
+               "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}}),
+    );
+    let merged = merge(
+        vec![
+            input("pets", "/pets-api", pets),
+            input("admin", "/admin", admin),
+        ],
+        &Options::default(),
+    )
+    .unwrap();
+
+    let mut everything = merged.clone();
+    retain_services(&mut everything, &|_| true);
+    assert_eq!(everything, merged, "keeping every service changes nothing");
+
+    let mut public = merged.clone();
+    retain_services(&mut public, &|service| service == "pets");
+    assert!(public.pointer("/paths/~1pets-api~1pets/get").is_some());
+    assert!(public.pointer("/paths/~1admin~1users").is_none());
+    assert!(public.pointer("/paths/~1admin~1pets").is_none());
+    let schemas: Vec<&String> = public["components"]["schemas"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(
+        schemas,
+        ["Id", "Page"],
+        "Secret is only reachable from admin"
+    );
+    assert!(public
+        .pointer("/components/securitySchemes/bearer")
+        .is_some());
+    let tags: Vec<&str> = public["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["pets"]);
+    assert_eq!(public["x-tagGroups"].as_array().unwrap().len(), 1);
+    assert!(dangling_refs(&public).is_empty());
+
+    let mut nothing = merged;
+    retain_services(&mut nothing, &|_| false);
+    assert_eq!(nothing["paths"], json!({}));
+    assert!(nothing.pointer("/components/schemas").is_none());
+}

@@ -9,6 +9,7 @@ mod lifecycle;
 mod limits;
 mod oidc;
 mod openapi;
+mod portal;
 mod protocols;
 mod ratelimit;
 mod routing;

@@ -206,6 +206,12 @@ pub struct Backend {
     pub hits: Arc<AtomicUsize>,
     /// When not 0, every request (but `/healthz`) is answered with it.
     pub fail_status: Arc<AtomicU16>,
+    /// When set, `GET /openapi.json` answers it, with an ETag and 304 for
+    /// a matching `If-None-Match`.
+    pub openapi: Arc<Mutex<Option<String>>>,
+    /// `/openapi.json` requests, and those answered 304.
+    pub openapi_fetches: Arc<AtomicUsize>,
+    pub openapi_not_modified: Arc<AtomicUsize>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -222,12 +228,18 @@ impl Backend {
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicUsize::new(0));
         let fail_status = Arc::new(AtomicU16::new(0));
+        let openapi: Arc<Mutex<Option<String>>> = Arc::default();
+        let openapi_fetches: Arc<AtomicUsize> = Arc::default();
+        let openapi_not_modified: Arc<AtomicUsize> = Arc::default();
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let state = Arc::new(BackendState {
             name: name.to_owned(),
             healthy: healthy.clone(),
             hits: hits.clone(),
             fail_status: fail_status.clone(),
+            openapi: openapi.clone(),
+            openapi_fetches: openapi_fetches.clone(),
+            openapi_not_modified: openapi_not_modified.clone(),
         });
         let conn_tasks = tasks.clone();
         let accept = tokio::spawn(async move {
@@ -254,6 +266,9 @@ impl Backend {
             healthy,
             hits,
             fail_status,
+            openapi,
+            openapi_fetches,
+            openapi_not_modified,
             tasks,
         }
     }
@@ -277,10 +292,49 @@ struct BackendState {
     healthy: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
     fail_status: Arc<AtomicU16>,
+    openapi: Arc<Mutex<Option<String>>>,
+    openapi_fetches: Arc<AtomicUsize>,
+    openapi_not_modified: Arc<AtomicUsize>,
 }
 
 impl BackendState {
+    fn openapi(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        let spec = self.openapi.lock().unwrap().clone()?;
+        self.openapi_fetches.fetch_add(1, Ordering::SeqCst);
+        let etag = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            spec.hash(&mut hasher);
+            format!("\"{:x}\"", hasher.finish())
+        };
+        let status =
+            if req.headers().get("if-none-match").map(|v| v.as_bytes()) == Some(etag.as_bytes()) {
+                self.openapi_not_modified.fetch_add(1, Ordering::SeqCst);
+                304
+            } else {
+                200
+            };
+        let body = if status == 304 {
+            Bytes::new()
+        } else {
+            Bytes::from(spec)
+        };
+        Some(
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .header("etag", etag)
+                .body(Full::new(body))
+                .unwrap(),
+        )
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        if req.uri().path() == "/openapi.json" {
+            if let Some(response) = self.openapi(&req) {
+                return Ok(response);
+            }
+        }
         if req.uri().path() == "/healthz" {
             let status = if self.healthy.load(Ordering::SeqCst) {
                 200
@@ -536,4 +590,21 @@ impl RedisCluster {
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
     }
+}
+
+/// Runs the third-party `openapi-spec-validator` (PyPI) on a document.
+pub fn assert_valid_openapi(document: &[u8], what: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("document.json");
+    std::fs::write(&path, document).expect("write document");
+    let output = Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&path)
+        .output()
+        .expect("python3 with openapi-spec-validator (tests/run.sh installs it from PyPI)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains(": OK"),
+        "{what}: {stdout}"
+    );
 }
