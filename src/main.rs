@@ -64,7 +64,9 @@ enum OpenapiCommand {
         /// A service whose route does not strip its prefix (repeatable).
         #[arg(long = "keep-prefix")]
         keep_prefix: Vec<String>,
-        /// `NAME=PREFIX=PATH`, e.g. `petstore=/petstore=./petstore.yaml`.
+        /// `NAME=PREFIX=PATH_OR_URL`, e.g. `petstore=/petstore=./petstore.yaml`
+        /// or `users=/users=http://users.internal/openapi.json`; refs into
+        /// other files (or URLs) are bundled.
         #[arg(required = true)]
         specs: Vec<String>,
     },
@@ -146,6 +148,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// Largest document `openapi merge` reads from a file or URL.
+const MAX_DOCUMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads a document from a file, or from an http(s) URL (30 s timeout, no
+/// proxy from the environment, at most 5 redirects).
+fn read_location(location: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Read;
+    if !(location.starts_with("http://") || location.starts_with("https://")) {
+        let size = std::fs::metadata(location)
+            .with_context(|| format!("reading {location}"))?
+            .len();
+        anyhow::ensure!(
+            size <= MAX_DOCUMENT_BYTES,
+            "{location}: larger than {MAX_DOCUMENT_BYTES} bytes"
+        );
+        return std::fs::read_to_string(location).with_context(|| format!("reading {location}"));
+    }
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .build()?;
+    let response = client
+        .get(location)
+        .header("accept", "application/json, application/yaml;q=0.9")
+        .send()
+        .with_context(|| format!("fetching {location}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "fetching {location}: {}",
+        response.status()
+    );
+    let mut text = String::new();
+    response
+        .take(MAX_DOCUMENT_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {location}"))?;
+    anyhow::ensure!(
+        text.len() as u64 <= MAX_DOCUMENT_BYTES,
+        "{location}: larger than {MAX_DOCUMENT_BYTES} bytes"
+    );
+    Ok(text)
+}
+
 fn openapi_merge(
     servers: Vec<String>,
     format: &str,
@@ -160,17 +207,25 @@ fn openapi_merge(
         let mut parts = spec.splitn(3, '=');
         let (Some(name), Some(prefix), Some(path)) = (parts.next(), parts.next(), parts.next())
         else {
-            anyhow::bail!("`{spec}`: expected NAME=PREFIX=PATH");
+            anyhow::bail!("`{spec}`: expected NAME=PREFIX=PATH_OR_URL");
         };
-        if path.starts_with("http://") || path.starts_with("https://") {
-            anyhow::bail!("`{spec}`: give a file; fetching URLs is not supported yet");
+        let text = read_location(path)?;
+        let mut document = portcullis_openapi_merge::parse(name, &text)?;
+        if document.get("swagger").and_then(|v| v.as_str()) == Some("2.0") {
+            // Refs into other files are bundled into OpenAPI 3 components.
+            document = portcullis_openapi_merge::convert_swagger2(&document);
         }
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        portcullis_openapi_merge::bundle_external_refs(
+            name,
+            &mut document,
+            path,
+            &mut |location: &str| read_location(location).map_err(|e| format!("{e:#}")),
+        )?;
         inputs.push(portcullis_openapi_merge::Input {
             name: name.to_owned(),
             prefix: prefix.to_owned(),
             strip_prefix: !keep_prefix.iter().any(|k| k == name),
-            document: portcullis_openapi_merge::parse(name, &text)?,
+            document,
         });
     }
     let options = portcullis_openapi_merge::Options {

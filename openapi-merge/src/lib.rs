@@ -6,6 +6,7 @@
 //!
 //! Swagger 2.0 inputs are converted to OpenAPI 3.0 first (`swagger2`).
 
+mod bundle;
 mod swagger2;
 mod yaml_in;
 mod yaml_out;
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
+pub use bundle::{bundle_external_refs, Loader};
 pub use swagger2::convert as convert_swagger2;
 pub use yaml_out::to_yaml;
 

@@ -340,3 +340,79 @@ fn retain_services_hides_operations_tags_and_their_components() {
     assert_eq!(nothing["paths"], json!({}));
     assert!(nothing.pointer("/components/schemas").is_none());
 }
+
+#[test]
+fn refs_into_other_files_are_bundled() {
+    let files: BTreeMap<&str, Value> = BTreeMap::from([
+        (
+            "specs/common.yaml",
+            json!({"components": {"schemas": {"Error": {"type": "object", "properties": {
+                "message": {"type": "string"},
+                "cause": {"$ref": "#/components/schemas/Error"}}}}}}),
+        ),
+        (
+            "specs/models/pet.json",
+            json!({"type": "object", "properties": {
+                "tag": {"$ref": "#/$defs/Tag"},
+                "error": {"$ref": "../common.yaml#/components/schemas/Error"}},
+                "$defs": {"Tag": {"type": "string"}}}),
+        ),
+    ]);
+    let mut doc = spec(
+        json!({"/pets": {"get": {"responses": {
+            "200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "models/pet.json"}}}},
+            "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "./common.yaml#/components/schemas/Error"}}}}}}}}),
+        json!({"schemas": {"Error": {"type": "integer"}}}),
+    );
+    let loads = std::cell::RefCell::new(Vec::new());
+    let mut load = |location: &str| {
+        loads.borrow_mut().push(location.to_owned());
+        files
+            .get(location)
+            .map(Value::to_string)
+            .ok_or_else(|| format!("no such file: {location}"))
+    };
+    bundle_external_refs("pets", &mut doc, "specs/main.yaml", &mut load).unwrap();
+    assert_eq!(
+        *loads.borrow(),
+        ["specs/models/pet.json", "specs/common.yaml"],
+        "each file read once"
+    );
+
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Error"],
+        json!({"type": "integer"}),
+        "the document's own stays"
+    );
+    assert_eq!(
+        doc.pointer("/paths/~1pets/get/responses/default/content/application~1json/schema/$ref"),
+        Some(&json!("#/components/schemas/Error_2"))
+    );
+    assert_eq!(
+        schemas["Error_2"]["properties"]["cause"]["$ref"],
+        "#/components/schemas/Error_2"
+    );
+    assert_eq!(
+        schemas["pet"]["properties"]["error"]["$ref"],
+        "#/components/schemas/Error_2"
+    );
+    assert_eq!(
+        schemas["pet"]["properties"]["tag"]["$ref"],
+        "#/components/schemas/Tag"
+    );
+    assert_eq!(schemas["Tag"], json!({"type": "string"}));
+    assert!(dangling_refs(&doc).is_empty(), "{:?}", dangling_refs(&doc));
+    // The bundled document merges like any other.
+    merge(vec![input("pets", "/pets", doc)], &Options::default()).unwrap();
+
+    let mut broken = spec(
+        json!({"/x": {"get": {"responses": {"200": {"$ref": "missing.yaml#/r"}}}}}),
+        json!({}),
+    );
+    let error = bundle_external_refs("svc", &mut broken, "main.yaml", &mut load).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "svc: $ref missing.yaml#/r: cannot read: no such file: missing.yaml"
+    );
+}

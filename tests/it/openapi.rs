@@ -196,3 +196,79 @@ fn bad_input_names_the_input_and_exits_2() {
         assert!(stderr.contains(expected), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_from_urls_and_refs_into_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    std::fs::write(
+        dir.path().join("common.yaml"),
+        "components:\n  schemas:\n    Error:\n      type: object\n      properties:\n        message: { type: string }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("models/order.json"),
+        r##"{"type": "object", "properties": {"id": {"type": "string"}, "error": {"$ref": "../common.yaml#/components/schemas/Error"}}}"##,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        "openapi: 3.0.3\ninfo: { title: orders, version: '1' }\npaths:\n  /orders:\n    get:\n      responses:\n        '200':\n          description: ok\n          content:\n            application/json:\n              schema: { $ref: 'models/order.json' }\n        default:\n          description: error\n          content:\n            application/json:\n              schema: { $ref: './common.yaml#/components/schemas/Error' }\n",
+    )
+    .unwrap();
+    let users = crate::support::Backend::start("users").await;
+    *users.openapi.lock().unwrap() = Some(
+        serde_json::json!({"openapi": "3.1.0", "info": {"title": "users", "version": "1"},
+            "paths": {"/users": {"get": {"responses": {"200": {"description": "ok"}}}}}})
+        .to_string(),
+    );
+    let orders_spec = format!(
+        "orders=/orders-api={}",
+        dir.path().join("orders.yaml").display()
+    );
+    let users_spec = format!("users=/users-api=http://{}/openapi.json", users.addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["openapi", "merge", &orders_spec, &users_spec])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let merged: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(merged.pointer("/paths/~1users-api~1users/get").is_some());
+    assert_eq!(
+        merged.pointer(
+            "/paths/~1orders-api~1orders/get/responses/200/content/application~1json/schema/$ref"
+        ),
+        Some(&Value::from("#/components/schemas/order"))
+    );
+    assert_eq!(
+        merged["components"]["schemas"]["order"]["properties"]["error"]["$ref"],
+        "#/components/schemas/Error"
+    );
+    assert!(portcullis_openapi_merge::dangling_refs(&merged).is_empty());
+    assert_valid_openapi(&output.stdout, "bundled");
+
+    // A ref to a file that is not there: exit 2, naming the input and the ref.
+    std::fs::remove_file(dir.path().join("common.yaml")).unwrap();
+    let output = Command::new(BIN)
+        .args(["openapi", "merge"])
+        .arg(format!(
+            "orders=/o={}",
+            dir.path().join("orders.yaml").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("orders: $ref") && stderr.contains("common.yaml"),
+        "{stderr}"
+    );
+}
