@@ -38,11 +38,26 @@ enum Command {
     },
     /// Print the JSON Schema of the config file, for editors.
     Schema,
+    /// Run the OpenID Provider (`sso -c sso.yaml`), or its helpers.
+    Sso {
+        /// SSO config file (YAML).
+        #[arg(short, long, env = "PORTCULLIS_SSO_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<SsoCommand>,
+    },
     /// OpenAPI tools.
     Openapi {
         #[command(subcommand)]
         command: OpenapiCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum SsoCommand {
+    /// Read a password or client secret from stdin and print its argon2id
+    /// hash, for `secret_hash` and the users file.
+    HashPassword,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +128,57 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_INVALID)
             }
         },
+        Command::Sso {
+            command: Some(SsoCommand::HashPassword),
+            ..
+        } => {
+            let mut secret = String::new();
+            if std::io::stdin().read_line(&mut secret).is_err() {
+                eprintln!("portcullis sso hash-password: cannot read stdin");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                eprintln!("portcullis sso hash-password: give the secret on stdin");
+                return ExitCode::from(EXIT_INVALID);
+            }
+            match portcullis_sso::hash_secret(secret) {
+                Ok(hash) => {
+                    println!("{hash}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis sso hash-password: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Sso {
+            config: None,
+            command: None,
+        } => {
+            eprintln!("portcullis sso: give -c FILE (or PORTCULLIS_SSO_CONFIG)");
+            ExitCode::from(EXIT_INVALID)
+        }
+        Command::Sso {
+            config: Some(path),
+            command: None,
+        } => {
+            let config = match portcullis_config::load_sso(&path) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_INVALID);
+                }
+            };
+            match portcullis_sso::run(config, &path) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis sso: {:#}", anyhow::Error::from(e));
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
         Command::Check { config } => match portcullis_config::load(&config) {
             Ok(valid) => {
                 println!(

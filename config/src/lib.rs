@@ -9,6 +9,7 @@
 mod error;
 pub mod model;
 mod secret;
+pub mod sso;
 pub mod units;
 mod validate;
 pub use validate::{check_path_template, parse_rate, resolve_path};
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigErrors, LoadError, Problem};
 pub use model::*;
 pub use secret::Secret;
+pub use sso::SsoConfig;
 pub use units::{ByteSize, Duration};
 use yaml::{KeyPath, PathSegment, Span};
 
@@ -76,6 +78,42 @@ pub fn load_from_str(
     source: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ValidConfig, LoadError> {
+    let (config, spans) =
+        load_document(text, source, env, |config, checker| checker.config(config))?;
+    Ok(ValidConfig {
+        config,
+        source: source.to_owned(),
+        spans,
+    })
+}
+
+/// The SSO's config file (`portcullis sso -c FILE`), loaded with the same
+/// conventions: `${ENV}`, unknown keys refused, every problem at once with
+/// file:line:column and the key path.
+pub fn load_sso(path: &Path) -> Result<SsoConfig, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_sso_from_str(&text, path, &|name| std::env::var(name).ok())
+}
+
+pub fn load_sso_from_str(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<SsoConfig, LoadError> {
+    let (config, _) = load_document(text, source, env, |config, checker| checker.sso(config))?;
+    Ok(config)
+}
+
+/// Parse, interpolate, deserialize collecting every problem, then `check`.
+fn load_document<T: serde::de::DeserializeOwned>(
+    text: &str,
+    source: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    check: impl FnOnce(&T, &mut validate::Checker<'_>),
+) -> Result<(T, SpanIndex), LoadError> {
     let file = source.display().to_string();
     let mut errors = ConfigErrors::new(file.clone());
 
@@ -93,37 +131,32 @@ pub fn load_from_str(
         errors.push(Some(span), KeyPath::default(), message);
     }
 
-    let (config, root, removed) = deserialize_collecting(root, &spans, &mut errors);
+    let (config, root, removed) = deserialize_collecting::<T>(root, &spans, &mut errors);
     if let Some(config) = &config {
         let mut checker = validate::Checker::new(&spans, &root, &mut errors, &removed, source);
-        checker.config(config);
+        check(config, &mut checker);
     }
     match config {
-        Some(config) if errors.is_empty() => Ok(ValidConfig {
-            config,
-            source: source.to_owned(),
-            spans,
-        }),
+        Some(config) if errors.is_empty() => Ok((config, spans)),
         _ => Err(LoadError::Invalid(errors)),
     }
 }
 
-/// The most problems one file reports; past this, fix and run again.
 const MAX_PROBLEMS: usize = 100;
 
 /// Deserializes the tree; on each error, records it and drops the offending
 /// node, then tries again, so that one run reports every independent mistake.
 /// Returns the config deserialized without the broken parts (for the
 /// cross-reference checks), the tree it came from and the dropped paths.
-fn deserialize_collecting(
+fn deserialize_collecting<T: serde::de::DeserializeOwned>(
     mut root: yaml::Node,
     spans: &SpanIndex,
     errors: &mut ConfigErrors,
-) -> (Option<FileConfig>, yaml::Node, Vec<KeyPath>) {
+) -> (Option<T>, yaml::Node, Vec<KeyPath>) {
     let mut removed: Vec<KeyPath> = Vec::new();
     for _ in 0..MAX_PROBLEMS {
         let json = root.to_json();
-        let error = match serde_path_to_error::deserialize::<_, FileConfig>(&json) {
+        let error = match serde_path_to_error::deserialize::<_, T>(&json) {
             Ok(config) => return (Some(config), root, removed),
             Err(error) => error,
         };

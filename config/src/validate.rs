@@ -42,7 +42,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
+    pub(crate) fn problem(&mut self, path: KeyPath, message: impl Into<String>) {
         let path = self.tree.original_path(&path.0).unwrap_or(path);
         if self
             .removed
@@ -331,7 +331,7 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn readable(&mut self, at: KeyPath, file: &str) {
+    pub(crate) fn readable(&mut self, at: KeyPath, file: &str) {
         let path = resolve_path(self.source, file);
         if let Err(e) = std::fs::metadata(&path) {
             self.problem(at, format!("cannot read `{}`: {e}", path.display()));

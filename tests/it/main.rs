@@ -13,6 +13,7 @@ mod portal;
 mod protocols;
 mod ratelimit;
 mod routing;
+mod sso;
 mod support;
 mod tls;
 mod upstreams;

@@ -1,0 +1,291 @@
+//! The SSO's config file (`portcullis sso -c sso.yaml`): the OpenID
+//! Provider's issuer, signing keys, users, clients and token lifetimes.
+
+use std::net::SocketAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::Duration;
+use crate::validate::Checker;
+use crate::yaml::KeyPath;
+
+/// The whole SSO file.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoConfig {
+    /// The issuer URL (`iss`), as clients and the gateway reach it; its
+    /// path prefixes every endpoint. Required.
+    pub issuer: String,
+    /// Address to listen on. Defaults to 127.0.0.1:9000.
+    #[schemars(with = "String")]
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Signing keys. Defaults: ES256 in `./keys`, rotated every 30 days.
+    #[serde(default)]
+    pub keys: Keys,
+    /// Lifetimes by client type, used where a client sets none.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Clients (relying parties, services, external systems).
+    #[serde(default)]
+    pub clients: Vec<Client>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9000))
+}
+
+/// Signing keys and their rotation.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    /// Directory of the key files (a Kubernetes Secret volume, or a
+    /// writable directory: keys are generated there on first start).
+    /// Relative to the config file. Defaults to `keys`.
+    #[serde(default = "default_keys_dir")]
+    pub dir: String,
+    /// `ES256` (default) or `EdDSA`.
+    #[serde(default)]
+    pub algorithm: SigningAlgorithm,
+    /// A new key signs after this long. Defaults to 30d.
+    #[serde(default = "default_rotate_every")]
+    pub rotate_every: Duration,
+    /// The next key is published in JWKS this long before it signs, so
+    /// every relying party's cache has it first. Defaults to 1d.
+    #[serde(default = "default_publish_ahead")]
+    pub publish_ahead: Duration,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys {
+            dir: default_keys_dir(),
+            algorithm: SigningAlgorithm::default(),
+            rotate_every: default_rotate_every(),
+            publish_ahead: default_publish_ahead(),
+        }
+    }
+}
+
+fn default_keys_dir() -> String {
+    "keys".into()
+}
+
+fn default_rotate_every() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+fn default_publish_ahead() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum SigningAlgorithm {
+    #[default]
+    ES256,
+    EdDSA,
+}
+
+/// Token lifetimes of one client type.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lifetimes {
+    pub access_token_ttl: Duration,
+    pub id_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+}
+
+/// Lifetimes by client type: UIs short, services and external systems longer.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Public clients (browser and mobile UIs). Defaults: access 5m, ID 5m,
+    /// refresh 8h.
+    #[serde(default = "default_ui_lifetimes")]
+    pub public: Lifetimes,
+    /// Confidential clients (services, external systems). Defaults: access
+    /// 1h, ID 1h, refresh 30d.
+    #[serde(default = "default_service_lifetimes")]
+    pub confidential: Lifetimes,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            public: default_ui_lifetimes(),
+            confidential: default_service_lifetimes(),
+        }
+    }
+}
+
+fn default_ui_lifetimes() -> Lifetimes {
+    Lifetimes {
+        access_token_ttl: Duration::from_secs(300),
+        id_token_ttl: Duration::from_secs(300),
+        refresh_token_ttl: Duration::from_secs(8 * 3600),
+    }
+}
+
+fn default_service_lifetimes() -> Lifetimes {
+    Lifetimes {
+        access_token_ttl: Duration::from_secs(3600),
+        id_token_ttl: Duration::from_secs(3600),
+        refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientType {
+    /// No secret (a UI): PKCE required.
+    Public,
+    /// Authenticates with a secret or a signed JWT.
+    Confidential,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+}
+
+/// A client of the SSO.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Client {
+    /// Unique. Required.
+    pub client_id: String,
+    /// Shown on the consent page. Defaults to the client id.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub client_type: ClientType,
+    /// The secret's argon2id hash (`portcullis sso hash-password`), for
+    /// confidential clients. Never the secret itself.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// Grants the client may use. Defaults: public clients
+    /// `[authorization_code, refresh_token]`, confidential ones
+    /// `[client_credentials]`.
+    #[serde(default)]
+    pub grant_types: Vec<GrantType>,
+    /// Exact redirect URIs (no patterns).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Scopes the client may ask for. Defaults to `openid profile email`
+    /// (and `offline_access` where refresh tokens are allowed).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `aud` of its access tokens. Defaults to the client id.
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Roles put in tokens issued by client credentials. Defaults to none.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Overrides the type's default lifetimes.
+    #[serde(default)]
+    pub access_token_ttl: Option<Duration>,
+    #[serde(default)]
+    pub id_token_ttl: Option<Duration>,
+    #[serde(default)]
+    pub refresh_token_ttl: Option<Duration>,
+}
+
+impl Client {
+    pub fn grants(&self) -> Vec<GrantType> {
+        if !self.grant_types.is_empty() {
+            return self.grant_types.clone();
+        }
+        match self.client_type {
+            ClientType::Public => vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+            ClientType::Confidential => vec![GrantType::ClientCredentials],
+        }
+    }
+
+    /// The client's lifetimes: its own, else its type's defaults.
+    pub fn lifetimes(&self, defaults: &Defaults) -> Lifetimes {
+        let base = match self.client_type {
+            ClientType::Public => &defaults.public,
+            ClientType::Confidential => &defaults.confidential,
+        };
+        Lifetimes {
+            access_token_ttl: self.access_token_ttl.unwrap_or(base.access_token_ttl),
+            id_token_ttl: self.id_token_ttl.unwrap_or(base.id_token_ttl),
+            refresh_token_ttl: self.refresh_token_ttl.unwrap_or(base.refresh_token_ttl),
+        }
+    }
+}
+
+impl Checker<'_> {
+    pub(crate) fn sso(&mut self, config: &SsoConfig) {
+        let root = KeyPath::default();
+        let issuer = &config.issuer;
+        if !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+            || issuer.ends_with('/')
+            || issuer.contains(['?', '#'])
+        {
+            self.problem(
+                root.child_key("issuer"),
+                "must be an http(s) URL without a trailing slash, query or fragment",
+            );
+        }
+        let keys = root.child_key("keys");
+        if config.keys.publish_ahead.0 >= config.keys.rotate_every.0 {
+            self.problem(
+                keys.child_key("publish_ahead"),
+                "must be shorter than `rotate_every`",
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, client) in config.clients.iter().enumerate() {
+            let at = root.child_key("clients").child_index(i);
+            if client.client_id.is_empty() || !ids.insert(client.client_id.as_str()) {
+                self.problem(
+                    at.child_key("client_id"),
+                    format!("empty or duplicate client id `{}`", client.client_id),
+                );
+            }
+            match (client.client_type, &client.secret_hash) {
+                (ClientType::Public, Some(_)) => {
+                    self.problem(at.child_key("secret_hash"), "a public client has no secret")
+                }
+                (ClientType::Confidential, None) => self.problem(
+                    at.child_key("secret_hash"),
+                    "a confidential client needs `secret_hash` (portcullis sso hash-password)",
+                ),
+                (ClientType::Confidential, Some(hash)) if !hash.starts_with("$argon2id$") => self
+                    .problem(
+                        at.child_key("secret_hash"),
+                        "must be an argon2id hash (`$argon2id$...`), never the secret itself",
+                    ),
+                _ => {}
+            }
+            let grants = client.grants();
+            if client.client_type == ClientType::Public
+                && grants.contains(&GrantType::ClientCredentials)
+            {
+                self.problem(
+                    at.child_key("grant_types"),
+                    "a public client cannot use client_credentials",
+                );
+            }
+            if grants.contains(&GrantType::AuthorizationCode) && client.redirect_uris.is_empty() {
+                self.problem(
+                    at.child_key("redirect_uris"),
+                    "authorization_code needs at least one redirect URI",
+                );
+            }
+            for (j, uri) in client.redirect_uris.iter().enumerate() {
+                if uri.contains('#') || !uri.contains("://") {
+                    self.problem(
+                        at.child_key("redirect_uris").child_index(j),
+                        "must be an absolute URI without a fragment",
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! OAuth 2.0 error answers (RFC 6749 §5.2) and access tokens as JWTs
+//! (RFC 9068: `typ: at+jwt`).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use jsonwebtoken::Header;
+use serde_json::{json, Value};
+
+use crate::keys::{now_secs, KeyStore};
+
+/// An OAuth error: status, `error` code and a description that never
+/// contains a secret.
+#[derive(Debug)]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+}
+
+impl OAuthError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    pub fn invalid_client(description: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    pub fn server_error(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            description,
+        )
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.code, "error_description": self.description });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"portcullis-sso\""),
+            );
+        }
+        response
+    }
+}
+
+/// A random, URL-safe identifier (`jti`, codes, refresh tokens).
+pub fn random_id(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// What an access token says.
+pub struct AccessClaims<'a> {
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub audience: &'a [String],
+    pub client_id: &'a str,
+    pub scope: &'a str,
+    pub roles: &'a [String],
+    pub lifetime: u64,
+}
+
+/// Signs an RFC 9068 access token with the current key. Returns the token
+/// and its `exp`.
+pub fn sign_access_token(
+    keys: &KeyStore,
+    claims: &AccessClaims<'_>,
+) -> Result<(String, u64), OAuthError> {
+    let now = now_secs();
+    let key = keys
+        .signing_key(now)
+        .ok_or_else(|| OAuthError::server_error("no signing key"))?;
+    let mut header = Header::new(key.algorithm);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some(key.kid.clone());
+    let exp = now + claims.lifetime;
+    let audience: Value = match claims.audience {
+        [one] => one.as_str().into(),
+        many => many.into(),
+    };
+    let mut body = json!({
+        "iss": claims.issuer,
+        "sub": claims.subject,
+        "aud": audience,
+        "exp": exp,
+        "iat": now,
+        "nbf": now,
+        "jti": random_id(16),
+        "client_id": claims.client_id,
+    });
+    if !claims.scope.is_empty() {
+        body["scope"] = claims.scope.into();
+    }
+    if !claims.roles.is_empty() {
+        body["roles"] = claims.roles.into();
+    }
+    let token = jsonwebtoken::encode(&header, &body, &key.encoding)
+        .map_err(|e| OAuthError::server_error(format!("signing failed: {e}")))?;
+    Ok((token, exp))
+}

@@ -1,0 +1,399 @@
+//! `portcullis sso`, the OpenID Provider, as a real process: discovery,
+//! JWKS, the client-credentials grant with per-client lifetimes, client
+//! authentication errors, keys kept across restarts, and the gateway
+//! accepting its tokens.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{json, Value};
+
+use crate::support::{client, eventually, free_port, with_plain_listener, Backend, Gateway, BIN};
+
+/// The SSO as a child process, killed on drop.
+struct SsoProcess {
+    child: Child,
+    port: u16,
+}
+
+impl SsoProcess {
+    /// Writes `config` (with `{PORT}` filled in) to `dir/sso.yaml` and waits
+    /// for discovery to answer.
+    async fn start(dir: &Path, config: &str, port: u16) -> SsoProcess {
+        let path = dir.join("sso.yaml");
+        std::fs::write(&path, config.replace("{PORT}", &port.to_string())).unwrap();
+        let log = std::fs::File::create(dir.join(format!("sso-{port}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args(["sso", "-c"])
+            .arg(&path)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let sso = SsoProcess { child, port };
+        let up = eventually(Duration::from_secs(15), || async {
+            client()
+                .get(sso.url("/.well-known/openid-configuration"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(
+            up,
+            "sso did not start: {}",
+            std::fs::read_to_string(dir.join(format!("sso-{port}.log"))).unwrap_or_default()
+        );
+        sso
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}/sso", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer())
+    }
+}
+
+impl Drop for SsoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hash(secret: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["sso", "hash-password"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{secret}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn config() -> String {
+    format!(
+        "issuer: http://127.0.0.1:{{PORT}}/sso
+listen: 127.0.0.1:{{PORT}}
+keys: {{ dir: keys, algorithm: ES256 }}
+clients:
+  - client_id: billing
+    type: confidential
+    secret_hash: '{}'
+    scopes: [orders.read, orders.write]
+    audience: [orders-api]
+    roles: [service]
+    access_token_ttl: 2h
+  - client_id: reports
+    type: confidential
+    secret_hash: '{}'
+    audience: [orders-api]
+  - client_id: web-ui
+    type: public
+    redirect_uris: ['http://127.0.0.1:1/callback']
+",
+        hash("billing-secret"),
+        hash("reports-secret"),
+    )
+}
+
+async fn client_credentials(
+    sso: &SsoProcess,
+    form: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = client().post(sso.url("/token")).form(form);
+    if let Some((id, secret)) = basic {
+        request = request.basic_auth(id, Some(secret));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (
+        status,
+        response.json().await.unwrap_or(Value::Null),
+        headers,
+    )
+}
+
+/// Verifies a token against the SSO's JWKS, as a relying party would.
+async fn verify(sso: &SsoProcess, token: &str) -> (jsonwebtoken::Header, Value) {
+    let jwks: Value = client()
+        .get(sso.url("/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let kid = header.kid.clone().unwrap();
+    let jwk = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .expect("the token's key is in JWKS");
+    let key =
+        DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
+            .unwrap();
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_issuer(&[sso.issuer()]);
+    validation.set_audience(&["orders-api"]);
+    let data = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
+    (header, data.claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_tokens_with_per_client_lifetimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let sso = SsoProcess::start(dir.path(), &config(), port).await;
+
+    let discovery: Value = client()
+        .get(sso.url("/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(discovery["issuer"], sso.issuer());
+    assert_eq!(discovery["jwks_uri"], sso.url("/jwks"));
+    assert_eq!(discovery["token_endpoint"], sso.url("/token"));
+
+    // client_secret_basic, a configured 2 h lifetime, RFC 9068 claims.
+    let (status, body, headers) = client_credentials(
+        &sso,
+        &[
+            ("grant_type", "client_credentials"),
+            ("scope", "orders.read"),
+        ],
+        Some(("billing", "billing-secret")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 7200);
+    assert_eq!(body["scope"], "orders.read");
+    let billing_token = body["access_token"].as_str().unwrap().to_owned();
+    let (header, claims) = verify(&sso, &billing_token).await;
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"));
+    assert_eq!(header.alg, Algorithm::ES256);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        7200
+    );
+    assert_eq!(claims["client_id"], "billing");
+    assert_eq!(claims["sub"], "billing");
+    assert_eq!(claims["roles"], json!(["service"]));
+    assert!(claims["jti"].as_str().unwrap().len() >= 20);
+
+    // client_secret_post, the confidential default lifetime (1 h).
+    let (status, body, _) = client_credentials(
+        &sso,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "reports"),
+            ("client_secret", "reports-secret"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 3600);
+    let (_, claims) = verify(&sso, body["access_token"].as_str().unwrap()).await;
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+
+    // Errors, each with the RFC 6749 code.
+    let cc = ("grant_type", "client_credentials");
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        Option<(&'a str, &'a str)>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (vec![cc], Some(("billing", "wrong")), 401, "invalid_client"),
+        (
+            vec![cc],
+            Some(("nobody", "billing-secret")),
+            401,
+            "invalid_client",
+        ),
+        (vec![cc], None, 401, "invalid_client"),
+        (
+            vec![
+                cc,
+                ("client_id", "billing"),
+                ("client_secret", "billing-secret"),
+            ],
+            Some(("billing", "billing-secret")),
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![cc, ("client_id", "web-ui")],
+            None,
+            400,
+            "unauthorized_client",
+        ),
+        (
+            vec![cc, ("scope", "orders.delete")],
+            Some(("billing", "billing-secret")),
+            400,
+            "invalid_scope",
+        ),
+        (
+            vec![("grant_type", "password")],
+            Some(("billing", "billing-secret")),
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            vec![],
+            Some(("billing", "billing-secret")),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (i, (form, basic, status, error)) in cases.into_iter().enumerate() {
+        let (got, body, headers) = client_credentials(&sso, &form, basic).await;
+        assert_eq!(
+            (got, body["error"].as_str()),
+            (status, Some(error)),
+            "case {i}: {body}"
+        );
+        if status == 401 {
+            assert!(headers.contains_key("www-authenticate"), "case {i}");
+        }
+        assert!(
+            !body.to_string().contains("secret\""),
+            "case {i}: no secret echoed"
+        );
+    }
+
+    // The audit log: one JSON line per issuance and refusal, no secrets.
+    let log = std::fs::read_to_string(dir.path().join(format!("sso-{port}.log"))).unwrap();
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["audit"] == true)
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "token_issued" && e["client_id"] == "billing"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "token_refused" && e["error"] == "invalid_client"));
+    for secret in ["billing-secret", "reports-secret", billing_token.as_str()] {
+        assert!(
+            !log.contains(secret),
+            "the log must not contain secrets or tokens"
+        );
+    }
+
+    // The gateway trusts the SSO: discovery, JWKS, roles from the token.
+    let backend = Backend::start("orders").await;
+    let gateway = Gateway::start(&with_plain_listener(&format!(
+        "identity:
+  providers:
+    - name: sso
+      issuer: '{}'
+      audiences: [orders-api]
+upstreams:
+  orders: {{ targets: ['{}'] }}
+routes:
+  - {{ name: orders, upstream: orders, auth: {{ mode: required, roles_any: [service] }} }}
+",
+        sso.issuer(),
+        backend.addr
+    )))
+    .await;
+    let call = |token: Option<String>| {
+        let mut request = client().get(gateway.url("/orders/7"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let response = call(Some(billing_token.clone())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-user-id"], "billing");
+    assert_eq!(call(None).await.unwrap().status(), 401);
+
+    // A restart keeps the keys: tokens issued before still verify.
+    let kid_before = jsonwebtoken::decode_header(&billing_token).unwrap().kid;
+    drop(sso);
+    let sso = SsoProcess::start(dir.path(), &config(), port).await;
+    let jwks: Value = client()
+        .get(sso.url("/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(jwks["keys"][0]["kid"].as_str(), kid_before.as_deref());
+    verify(&sso, &billing_token).await;
+    assert!(
+        !jwks.to_string().contains("\"d\""),
+        "no private parts in JWKS"
+    );
+}
+
+#[test]
+fn sso_config_errors_name_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sso.yaml");
+    std::fs::write(
+        &path,
+        "issuer: https://sso.example.com/
+keys: { rotate_every: 1d, publish_ahead: 2d }
+clients:
+  - { client_id: svc, type: confidential, secret_hash: plain-text-secret }
+  - { client_id: ui, type: public, grant_types: [client_credentials] }
+  - { client_id: svc, type: confidential, secret_hash: '$argon2id$x', colour: red }
+",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["sso", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "sso.yaml:1:9: issuer: must be an http(s) URL without a trailing slash",
+        "sso.yaml:2:",
+        "keys.publish_ahead: must be shorter than `rotate_every`",
+        "clients[0].secret_hash: must be an argon2id hash",
+        "clients[1].grant_types: a public client cannot use client_credentials",
+        "clients[2].colour: unknown key `colour`",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+}
