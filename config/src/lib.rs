@@ -107,6 +107,17 @@ pub fn load_sso_from_str(
     Ok(config)
 }
 
+/// The SSO's users file.
+pub fn load_users(path: &Path) -> Result<sso::UsersFile, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let env = |name: &str| std::env::var(name).ok();
+    let (users, _) = load_document(&text, path, &env, |file, checker| checker.users(file))?;
+    Ok(users)
+}
+
 /// Parse, interpolate, deserialize collecting every problem, then `check`.
 fn load_document<T: serde::de::DeserializeOwned>(
     text: &str,

@@ -30,6 +30,178 @@ pub struct SsoConfig {
     /// Clients (relying parties, services, external systems).
     #[serde(default)]
     pub clients: Vec<Client>,
+    /// Where users come from.
+    #[serde(default)]
+    pub users: Users,
+    /// Login sessions (the SSO's own cookie).
+    #[serde(default)]
+    pub session: Session,
+    /// Failed-login throttling.
+    #[serde(default)]
+    pub login: Login,
+    /// Title and logo of the login, consent and registration pages.
+    #[serde(default)]
+    pub branding: Branding,
+    /// Where codes, sessions, refresh tokens and consents live:
+    /// `memory` (default; one process) or `redis` (several replicas).
+    #[serde(default)]
+    pub store: StoreKind,
+    /// The Redis server when `store: redis`.
+    #[serde(default)]
+    pub redis: Option<SsoRedis>,
+    /// A rotated refresh token used again within this time (two tabs
+    /// refreshing at once) is honoured; later, reuse revokes the whole
+    /// grant. Defaults to 10s.
+    #[serde(default = "default_refresh_grace")]
+    pub refresh_reuse_grace: Duration,
+    /// Lifetime of an authorization code (at most 60s). Defaults to 60s.
+    #[serde(default = "default_code_ttl")]
+    pub code_ttl: Duration,
+}
+
+fn default_refresh_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_code_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoRedis {
+    /// `redis://host:port[/db]`; a password belongs in `${ENV}`.
+    pub url: crate::Secret,
+    /// Prefix of every key. Defaults to `portcullis:sso:`.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_prefix() -> String {
+    "portcullis:sso:".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Registration {
+    /// No self-service registration.
+    #[default]
+    Closed,
+    Open,
+    /// Registration needs an invitation code.
+    InviteOnly,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Users {
+    /// A YAML file of users (`users: [{username, password_hash, email,
+    /// name, roles, groups}]`), read-only. Relative to the config file.
+    /// Defaults to none.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Self-service registration. Defaults to closed.
+    #[serde(default)]
+    pub registration: Registration,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    /// Cookie name. Defaults to `portcullis_sso`.
+    #[serde(default = "default_cookie")]
+    pub cookie: String,
+    /// How long a login lasts. Defaults to 8h.
+    #[serde(default = "default_session_ttl")]
+    pub ttl: Duration,
+    /// `Secure` cookies; set false only for local plain-HTTP setups.
+    /// Defaults to true.
+    #[serde(default = "default_true")]
+    pub secure_cookies: bool,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Session {
+            cookie: default_cookie(),
+            ttl: default_session_ttl(),
+            secure_cookies: true,
+        }
+    }
+}
+
+fn default_cookie() -> String {
+    "portcullis_sso".into()
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// Failed attempts allowed per account (and per client IP, times 4)
+    /// before a lockout. Defaults to 5.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// The first lockout; each further failure while locked doubles it, up
+    /// to 1h. Defaults to 30s.
+    #[serde(default = "default_lockout")]
+    pub lockout: Duration,
+}
+
+impl Default for Login {
+    fn default() -> Self {
+        Login {
+            max_failures: default_max_failures(),
+            lockout: default_lockout(),
+        }
+    }
+}
+
+const fn default_max_failures() -> u32 {
+    5
+}
+
+fn default_lockout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Branding {
+    /// Defaults to `Sign in`.
+    #[serde(default = "default_brand_title")]
+    pub title: String,
+    /// Shown above the form. Defaults to none.
+    #[serde(default)]
+    pub logo_url: Option<String>,
+}
+
+impl Default for Branding {
+    fn default() -> Self {
+        Branding {
+            title: default_brand_title(),
+            logo_url: None,
+        }
+    }
+}
+
+fn default_brand_title() -> String {
+    "Sign in".into()
 }
 
 fn default_listen() -> SocketAddr {
@@ -185,6 +357,16 @@ pub struct Client {
     /// Roles put in tokens issued by client credentials. Defaults to none.
     #[serde(default)]
     pub roles: Vec<String>,
+    /// A first-party client skips the consent page. Defaults to false.
+    #[serde(default)]
+    pub first_party: bool,
+    /// Require PKCE (S256) of a confidential client too (public clients
+    /// always). Defaults to true.
+    #[serde(default = "default_true")]
+    pub require_pkce: bool,
+    /// Where `/end_session` may send the browser afterwards (exact match).
+    #[serde(default)]
+    pub post_logout_redirect_uris: Vec<String>,
     /// Overrides the type's default lifetimes.
     #[serde(default)]
     pub access_token_ttl: Option<Duration>,
@@ -231,6 +413,15 @@ impl Checker<'_> {
                 root.child_key("issuer"),
                 "must be an http(s) URL without a trailing slash, query or fragment",
             );
+        }
+        if config.code_ttl.0 > std::time::Duration::from_secs(60) || config.code_ttl.0.is_zero() {
+            self.problem(root.child_key("code_ttl"), "must be between 1s and 60s");
+        }
+        if config.store == StoreKind::Redis && config.redis.is_none() {
+            self.problem(root.child_key("redis"), "`store: redis` needs `redis.url`");
+        }
+        if let Some(file) = &config.users.file {
+            self.readable(root.child_key("users").child_key("file"), file);
         }
         let keys = root.child_key("keys");
         if config.keys.publish_ahead.0 >= config.keys.rotate_every.0 {
@@ -285,6 +476,54 @@ impl Checker<'_> {
                         "must be an absolute URI without a fragment",
                     );
                 }
+            }
+        }
+    }
+}
+
+/// The users file (`users.file`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsersFile {
+    pub users: Vec<User>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Unique login name (`sub` of the user's tokens).
+    pub username: String,
+    /// argon2id hash (`portcullis sso hash-password`).
+    pub password_hash: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// A disabled user cannot log in. Defaults to false.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl Checker<'_> {
+    pub(crate) fn users(&mut self, file: &UsersFile) {
+        let mut names = std::collections::HashSet::new();
+        for (i, user) in file.users.iter().enumerate() {
+            let at = KeyPath::default().child_key("users").child_index(i);
+            if user.username.is_empty() || !names.insert(user.username.as_str()) {
+                self.problem(
+                    at.child_key("username"),
+                    format!("empty or duplicate username `{}`", user.username),
+                );
+            }
+            if !user.password_hash.starts_with("$argon2id$") {
+                self.problem(
+                    at.child_key("password_hash"),
+                    "must be an argon2id hash (`portcullis sso hash-password`)",
+                );
             }
         }
     }

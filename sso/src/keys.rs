@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use portcullis_config::sso::SigningAlgorithm;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -50,6 +50,8 @@ pub struct SigningKey {
     pub algorithm: Algorithm,
     pub signs_from: u64,
     pub encoding: EncodingKey,
+    /// The public half, to verify our own tokens (userinfo, introspection).
+    pub decoding: DecodingKey,
     /// The public JWK.
     pub jwk: Value,
 }
@@ -112,6 +114,11 @@ impl KeyStore {
             .find(|k| k.signs_from <= now)
             .or_else(|| set.keys.first())
             .cloned()
+    }
+
+    /// A published key by id (signing now, next, or retired but kept).
+    pub fn key(&self, kid: &str) -> Option<Arc<SigningKey>> {
+        self.set().keys.iter().find(|k| k.kid == kid).cloned()
     }
 
     pub fn jwks(&self) -> Arc<Value> {
@@ -303,6 +310,8 @@ fn load_key(kid: &str, meta: &KeyMeta, pem: &str) -> Result<SigningKey, String> 
                 algorithm: Algorithm::ES256,
                 signs_from: meta.signs_from,
                 encoding: EncodingKey::from_ec_der(&der),
+                decoding: DecodingKey::from_ec_components(&b64(x), &b64(y))
+                    .map_err(|e| e.to_string())?,
                 jwk: json!({ "kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y),
                     "kid": kid, "alg": "ES256", "use": "sig" }),
             })
@@ -315,6 +324,8 @@ fn load_key(kid: &str, meta: &KeyMeta, pem: &str) -> Result<SigningKey, String> 
                 algorithm: Algorithm::EdDSA,
                 signs_from: meta.signs_from,
                 encoding: EncodingKey::from_ed_der(&der),
+                decoding: DecodingKey::from_ed_components(&b64(pair.public_key().as_ref()))
+                    .map_err(|e| e.to_string())?,
                 jwk: json!({ "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref()),
                     "kid": kid, "alg": "EdDSA", "use": "sig" }),
             })

@@ -1,14 +1,25 @@
 //! The Portcullis OpenID Provider (`portcullis sso`).
 //!
-//! Built so far: discovery, JWKS with scheduled key rotation (`keys`),
-//! client authentication with argon2id-hashed secrets (`clients`), and the
-//! token endpoint's client-credentials grant issuing RFC 9068 access
-//! tokens with per-client lifetimes (`oauth`). Every endpoint sits under
-//! the issuer's path.
+//! - `keys`: signing keys persisted in a directory, rotated on a
+//!   publish-ahead schedule;
+//! - `clients`: client authentication, argon2id-hashed secrets;
+//! - `users`: users and throttled password checks;
+//! - `flow`: `/authorize`, login and consent forms, logout;
+//! - `grants`: the token endpoint (code + PKCE, refresh with rotation and
+//!   reuse detection, client credentials);
+//! - `introspect`: userinfo, introspection, revocation;
+//! - `store`: codes, sessions, refresh tokens in memory or Redis.
+//!
+//! Every endpoint sits under the issuer's path.
 
 mod clients;
+mod flow;
+mod grants;
+mod introspect;
 mod keys;
 mod oauth;
+mod store;
+mod users;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,14 +31,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
-use portcullis_config::sso::{GrantType, SsoConfig};
-use serde::Deserialize;
+use portcullis_config::sso::SsoConfig;
 use serde_json::json;
 
 pub use clients::hash_secret;
 use clients::Clients;
 use keys::{KeyStore, Schedule};
-use oauth::{AccessClaims, OAuthError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SsoError {
@@ -40,12 +49,21 @@ pub enum SsoError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("users: {0}")]
+    Users(#[from] portcullis_config::LoadError),
+    #[error("templates: {0}")]
+    Templates(#[from] minijinja::Error),
 }
 
 struct Sso {
     config: SsoConfig,
     keys: KeyStore,
     clients: Clients,
+    users: users::Users,
+    store: Arc<dyn store::Store>,
+    templates: minijinja::Environment<'static>,
+    /// The issuer's path: every endpoint is under it.
+    base_path: String,
 }
 
 type Shared = Arc<Sso>;
@@ -69,8 +87,18 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
     };
     let keys = KeyStore::open(&keys_dir, schedule)?;
     let address = config.listen;
+    let users = match &config.users.file {
+        Some(file) => {
+            portcullis_config::load_users(&portcullis_config::resolve_path(source, file))?.users
+        }
+        None => Vec::new(),
+    };
     let state = Arc::new(Sso {
         clients: Clients::new(&config.clients),
+        users: users::Users::new(users),
+        store: Arc::new(store::MemoryStore::default()),
+        templates: templates()?,
+        base_path: issuer_path(&config.issuer),
         keys,
         config,
     });
@@ -82,9 +110,12 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
         "portcullis sso: issuer {} on {address}",
         state.config.issuer
     );
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     Ok(())
 }
 
@@ -143,9 +174,19 @@ async fn shutdown_signal() {
     log::info!("portcullis sso: shutting down");
 }
 
+/// The page templates, compiled into the binary; `.html` autoescapes.
+fn templates() -> Result<minijinja::Environment<'static>, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    env.add_template("base.html", include_str!("../templates/base.html"))?;
+    env.add_template("login.html", include_str!("../templates/login.html"))?;
+    env.add_template("consent.html", include_str!("../templates/consent.html"))?;
+    env.add_template("message.html", include_str!("../templates/message.html"))?;
+    Ok(env)
+}
+
 fn router(state: Shared) -> Router {
     // Endpoints live under the issuer's path (`https://id.example.com/sso`).
-    let base = issuer_path(&state.config.issuer);
+    let base = state.base_path.clone();
     Router::new()
         .route(
             &format!("{base}/.well-known/openid-configuration"),
@@ -153,6 +194,17 @@ fn router(state: Shared) -> Router {
         )
         .route(&format!("{base}/jwks"), get(jwks))
         .route(&format!("{base}/token"), post(token))
+        .route(&format!("{base}/authorize"), get(flow::authorize))
+        .route(&format!("{base}/login"), post(flow::login))
+        .route(&format!("{base}/consent"), post(flow::consent))
+        .route(
+            &format!("{base}/end_session"),
+            get(flow::end_session).post(flow::end_session_post),
+        )
+        .route(&format!("{base}/userinfo"), get(userinfo).post(userinfo))
+        .route(&format!("{base}/introspect"), post(introspect))
+        .route(&format!("{base}/revoke"), post(revoke))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
 
@@ -178,13 +230,26 @@ async fn discovery(State(sso): State<Shared>) -> Response {
     };
     Json(json!({
         "issuer": sso.config.issuer,
-        "jwks_uri": sso.endpoint("/jwks"),
+        "authorization_endpoint": sso.endpoint("/authorize"),
         "token_endpoint": sso.endpoint("/token"),
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "id_token_signing_alg_values_supported": [algorithm],
+        "userinfo_endpoint": sso.endpoint("/userinfo"),
+        "jwks_uri": sso.endpoint("/jwks"),
+        "introspection_endpoint": sso.endpoint("/introspect"),
+        "revocation_endpoint": sso.endpoint("/revoke"),
+        "end_session_endpoint": sso.endpoint("/end_session"),
+        "scopes_supported": ["openid", "profile", "email", "roles", "offline_access"],
         "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "id_token_signing_alg_values_supported": [algorithm],
         "subject_types_supported": ["public"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
+            "preferred_username", "name", "email", "email_verified", "roles", "groups"],
+        "authorization_response_iss_parameter_supported": true,
     }))
     .into_response()
 }
@@ -200,21 +265,13 @@ async fn jwks(State(sso): State<Shared>) -> Response {
     response
 }
 
-#[derive(Deserialize)]
-struct TokenRequest {
-    grant_type: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    scope: Option<String>,
-}
-
 async fn token(
     State(sso): State<Shared>,
     headers: HeaderMap,
-    Form(request): Form<TokenRequest>,
+    Form(request): Form<grants::TokenRequest>,
 ) -> Response {
-    match issue(&sso, &headers, request).await {
-        Ok(response) => no_store(response),
+    match sso.token(&headers, request).await {
+        Ok(body) => no_store(Json(body).into_response()),
         Err(e) => {
             audit(json!({ "event": "token_refused", "error": e.code }));
             e.into_response()
@@ -222,98 +279,45 @@ async fn token(
     }
 }
 
-async fn issue(
-    sso: &Sso,
-    headers: &HeaderMap,
-    request: TokenRequest,
-) -> Result<Response, OAuthError> {
-    let client = sso
-        .clients
-        .authenticate(
-            headers,
-            request.client_id.as_deref(),
-            request.client_secret.as_deref(),
-        )
-        .await?;
-    match request.grant_type.as_deref() {
-        Some("client_credentials") => {
-            if !client.grants().contains(&GrantType::ClientCredentials) {
-                return Err(OAuthError::new(
-                    StatusCode::BAD_REQUEST,
-                    "unauthorized_client",
-                    "this client may not use client_credentials",
-                ));
-            }
-            let requested: Vec<&str> = request
-                .scope
-                .as_deref()
-                .unwrap_or("")
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .collect();
-            if let Some(unknown) = requested
-                .iter()
-                .find(|s| !client.scopes.iter().any(|allowed| allowed == *s))
-            {
-                return Err(OAuthError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_scope",
-                    format!("scope `{unknown}` is not allowed for this client"),
-                ));
-            }
-            // No scope asked: every scope the client is allowed.
-            let scope = if requested.is_empty() {
-                client.scopes.join(" ")
-            } else {
-                requested.join(" ")
-            };
-            let audience = if client.audience.is_empty() {
-                std::slice::from_ref(&client.client_id)
-            } else {
-                client.audience.as_slice()
-            };
-            let lifetime = client
-                .lifetimes(&sso.config.defaults)
-                .access_token_ttl
-                .0
-                .as_secs();
-            let (access_token, _exp) = oauth::sign_access_token(
-                &sso.keys,
-                &AccessClaims {
-                    issuer: &sso.config.issuer,
-                    subject: &client.client_id,
-                    audience,
-                    client_id: &client.client_id,
-                    scope: &scope,
-                    roles: &client.roles,
-                    lifetime,
-                },
-            )?;
-            audit(
-                json!({ "event": "token_issued", "grant": "client_credentials",
-                "client_id": client.client_id, "scope": scope, "expires_in": lifetime }),
+async fn userinfo(State(sso): State<Shared>, headers: HeaderMap) -> Response {
+    match sso.userinfo(&headers).await {
+        Ok(body) => no_store(Json(body).into_response()),
+        Err(e) => {
+            let mut response = e.into_response();
+            // RFC 6750 §3 for bearer errors.
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
             );
-            let mut body = json!({
-                "access_token": access_token,
-                "token_type": "Bearer",
-                "expires_in": lifetime,
-            });
-            if !scope.is_empty() {
-                body["scope"] = scope.into();
-            }
-            Ok(Json(body).into_response())
+            response
         }
-        Some(other) => Err(OAuthError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            format!("grant type `{other}` is not supported"),
-        )),
-        None => Err(OAuthError::invalid_request("grant_type is required")),
+    }
+}
+
+async fn introspect(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<introspect::TokenForm>,
+) -> Response {
+    match sso.introspect(&headers, form).await {
+        Ok(body) => no_store(Json(body).into_response()),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<introspect::TokenForm>,
+) -> Response {
+    match sso.revoke(&headers, form).await {
+        Ok(()) => no_store(StatusCode::OK.into_response()),
+        Err(e) => e.into_response(),
     }
 }
 
 /// One JSON line on stdout per security event; never a secret or a token.
-fn audit(mut event: serde_json::Value) {
+pub(crate) fn audit(mut event: serde_json::Value) {
     event["time"] = keys::now_secs().into();
     event["audit"] = true.into();
     println!("{event}");
@@ -322,6 +326,23 @@ fn audit(mut event: serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_escape_html() {
+        let env = templates().unwrap();
+        let html = env
+            .get_template("login.html")
+            .unwrap()
+            .render(serde_json::json!({
+                "brand": {"title": "T"},
+                "username": "<script>alert(1)</script>",
+                "error": "a & b",
+            }))
+            .unwrap();
+        assert!(html.contains("&lt;script&gt;"), "{html}");
+        assert!(!html.contains("<script>"));
+        assert!(html.contains("a &amp; b"));
+    }
 
     #[test]
     fn endpoints_live_under_the_issuer_path() {

@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use jsonwebtoken::Header;
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde_json::{json, Value};
 
 use crate::keys::{now_secs, KeyStore};
@@ -75,15 +75,22 @@ pub struct AccessClaims<'a> {
     pub client_id: &'a str,
     pub scope: &'a str,
     pub roles: &'a [String],
+    pub groups: &'a [String],
     pub lifetime: u64,
 }
 
-/// Signs an RFC 9068 access token with the current key. Returns the token
-/// and its `exp`.
+/// A signed access token.
+pub struct SignedAccess {
+    pub token: String,
+    pub jti: String,
+    pub algorithm: Algorithm,
+}
+
+/// Signs an RFC 9068 access token with the current key.
 pub fn sign_access_token(
     keys: &KeyStore,
     claims: &AccessClaims<'_>,
-) -> Result<(String, u64), OAuthError> {
+) -> Result<SignedAccess, OAuthError> {
     let now = now_secs();
     let key = keys
         .signing_key(now)
@@ -96,6 +103,7 @@ pub fn sign_access_token(
         [one] => one.as_str().into(),
         many => many.into(),
     };
+    let jti = random_id(16);
     let mut body = json!({
         "iss": claims.issuer,
         "sub": claims.subject,
@@ -103,7 +111,7 @@ pub fn sign_access_token(
         "exp": exp,
         "iat": now,
         "nbf": now,
-        "jti": random_id(16),
+        "jti": jti,
         "client_id": claims.client_id,
     });
     if !claims.scope.is_empty() {
@@ -112,7 +120,61 @@ pub fn sign_access_token(
     if !claims.roles.is_empty() {
         body["roles"] = claims.roles.into();
     }
+    if !claims.groups.is_empty() {
+        body["groups"] = claims.groups.into();
+    }
     let token = jsonwebtoken::encode(&header, &body, &key.encoding)
         .map_err(|e| OAuthError::server_error(format!("signing failed: {e}")))?;
-    Ok((token, exp))
+    Ok(SignedAccess {
+        token,
+        jti,
+        algorithm: key.algorithm,
+    })
+}
+
+/// Signs an ID token (OIDC Core §2) with `extra` claims (profile, email).
+pub fn sign_id_token(keys: &KeyStore, mut claims: Value) -> Result<String, OAuthError> {
+    let now = now_secs();
+    let key = keys
+        .signing_key(now)
+        .ok_or_else(|| OAuthError::server_error("no signing key"))?;
+    let mut header = Header::new(key.algorithm);
+    header.kid = Some(key.kid.clone());
+    claims["iat"] = now.into();
+    jsonwebtoken::encode(&header, &claims, &key.encoding)
+        .map_err(|e| OAuthError::server_error(format!("signing failed: {e}")))
+}
+
+/// `at_hash`: the left half of the access token's hash, with the hash of
+/// the signing algorithm (SHA-256 for ES256, SHA-512 for Ed25519).
+pub fn at_hash(token: &str, algorithm: Algorithm) -> String {
+    let digest = match algorithm {
+        Algorithm::EdDSA => ring::digest::digest(&ring::digest::SHA512, token.as_bytes()),
+        _ => ring::digest::digest(&ring::digest::SHA256, token.as_bytes()),
+    };
+    let bytes = digest.as_ref();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..bytes.len() / 2])
+}
+
+/// Verifies one of our own tokens: signature by a published key, issuer,
+/// and (unless `allow_expired`) lifetime. Returns the header and claims.
+pub fn verify_own(
+    keys: &KeyStore,
+    issuer: &str,
+    token: &str,
+    allow_expired: bool,
+) -> Option<(Header, Value)> {
+    let header = jsonwebtoken::decode_header(token).ok()?;
+    let key = keys.key(header.kid.as_deref()?)?;
+    if header.alg != key.algorithm {
+        return None;
+    }
+    let mut validation = Validation::new(key.algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.validate_aud = false;
+    validation.validate_exp = !allow_expired;
+    validation.leeway = 0;
+    validation.set_required_spec_claims(&["iss", "sub", "exp"]);
+    let data = jsonwebtoken::decode::<Value>(token, &key.decoding, &validation).ok()?;
+    Some((header, data.claims))
 }

@@ -12,7 +12,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 use crate::support::{
-    assert_valid_openapi, client, eventually, unix_now, with_plain_listener, Backend, Gateway,
+    assert_valid_openapi, client, eventually, get_json, unix_now, with_plain_listener, Backend,
+    Gateway,
 };
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
@@ -91,14 +92,7 @@ async fn document(gateway: &Gateway, bearer: Option<&str>) -> Value {
 }
 
 async fn status_of(gateway: &Gateway, service: &str) -> Value {
-    let status: Value = client()
-        .get(gateway.url("/docs/status.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(&gateway.url("/docs/status.json")).await;
     status["services"]
         .as_array()
         .unwrap()

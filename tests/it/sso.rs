@@ -10,7 +10,9 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 
-use crate::support::{client, eventually, free_port, with_plain_listener, Backend, Gateway, BIN};
+use crate::support::{
+    client, eventually, free_port, get_json, with_plain_listener, Backend, Gateway, BIN,
+};
 
 /// The SSO as a child process, killed on drop.
 struct SsoProcess {
@@ -89,6 +91,9 @@ fn config() -> String {
         "issuer: http://127.0.0.1:{{PORT}}/sso
 listen: 127.0.0.1:{{PORT}}
 keys: {{ dir: keys, algorithm: ES256 }}
+users: {{ file: users.yaml }}
+session: {{ secure_cookies: false }}
+refresh_reuse_grace: 0s
 clients:
   - client_id: billing
     type: confidential
@@ -102,12 +107,34 @@ clients:
     secret_hash: '{}'
     audience: [orders-api]
   - client_id: web-ui
+    name: Web UI
     type: public
     redirect_uris: ['http://127.0.0.1:1/callback']
+    post_logout_redirect_uris: ['http://127.0.0.1:1/logged-out']
 ",
         hash("billing-secret"),
         hash("reports-secret"),
     )
+}
+
+fn write_users(dir: &Path) {
+    std::fs::write(
+        dir.join("users.yaml"),
+        format!(
+            "users:
+  - username: alice
+    password_hash: '{}'
+    email: alice@example.com
+    name: Alice Example
+    roles: [admin, staff]
+  - username: bob
+    password_hash: '{}'
+",
+            hash("alice-password"),
+            hash("bob-password")
+        ),
+    )
+    .unwrap();
 }
 
 async fn client_credentials(
@@ -131,14 +158,7 @@ async fn client_credentials(
 
 /// Verifies a token against the SSO's JWKS, as a relying party would.
 async fn verify(sso: &SsoProcess, token: &str) -> (jsonwebtoken::Header, Value) {
-    let jwks: Value = client()
-        .get(sso.url("/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = get_json(&sso.url("/jwks")).await;
     let header = jsonwebtoken::decode_header(token).unwrap();
     let kid = header.kid.clone().unwrap();
     let jwk = jwks["keys"]
@@ -160,17 +180,11 @@ async fn verify(sso: &SsoProcess, token: &str) -> (jsonwebtoken::Header, Value) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_credentials_tokens_with_per_client_lifetimes() {
     let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
     let port = free_port();
     let sso = SsoProcess::start(dir.path(), &config(), port).await;
 
-    let discovery: Value = client()
-        .get(sso.url("/.well-known/openid-configuration"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let discovery: Value = get_json(&sso.url("/.well-known/openid-configuration")).await;
     assert_eq!(discovery["issuer"], sso.issuer());
     assert_eq!(discovery["jwks_uri"], sso.url("/jwks"));
     assert_eq!(discovery["token_endpoint"], sso.url("/token"));
@@ -344,14 +358,7 @@ routes:
     let kid_before = jsonwebtoken::decode_header(&billing_token).unwrap().kid;
     drop(sso);
     let sso = SsoProcess::start(dir.path(), &config(), port).await;
-    let jwks: Value = client()
-        .get(sso.url("/jwks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: Value = get_json(&sso.url("/jwks")).await;
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
     assert_eq!(jwks["keys"][0]["kid"].as_str(), kid_before.as_deref());
     verify(&sso, &billing_token).await;
@@ -359,6 +366,46 @@ routes:
         !jwks.to_string().contains("\"d\""),
         "no private parts in JWKS"
     );
+}
+
+/// panva's openid-client (npm) as the relying party: every step and error
+/// case of tests/oidc/rp.mjs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_client_drives_login_refresh_introspection_and_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let sso = SsoProcess::start(dir.path(), &config(), port).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/rp.mjs");
+    let issuer = sso.issuer();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(issuer)
+            .output()
+            .expect("node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("ok: every step passed"),
+        "{stdout}\n{}\nsso log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(dir.path().join(format!("sso-{port}.log"))).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(dir.path().join(format!("sso-{port}.log"))).unwrap();
+    for secret in ["alice-password", "billing-secret"] {
+        assert!(!log.contains(secret), "the log must not contain secrets");
+    }
+    for event in [
+        "\"login\"",
+        "\"grant_revoked\"",
+        "\"logout\"",
+        "\"token_revoked\"",
+    ] {
+        assert!(log.contains(event), "audit event {event} missing");
+    }
 }
 
 #[test]

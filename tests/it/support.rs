@@ -608,3 +608,15 @@ pub fn assert_valid_openapi(document: &[u8], what: &str) {
         "{what}: {stdout}"
     );
 }
+
+/// `GET url` and its JSON body (any status).
+pub async fn get_json(url: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON body")
+}

@@ -1,0 +1,766 @@
+//! The browser side: `/authorize`, the login and consent forms, and
+//! RP-initiated logout (`/end_session`).
+//!
+//! A pending authorization request is stored server-side under a random id;
+//! the forms carry that id and a CSRF token that must also match a cookie
+//! set with the form (double submit), so a form cannot be posted from
+//! another site. Errors about the client or its redirect URI are shown as
+//! a page and never redirected (no open redirect); other errors go back to
+//! the client's registered redirect URI, with `state` and `iss`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use portcullis_config::sso::{Client, ClientType, GrantType};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::keys::now_secs;
+use crate::oauth::random_id;
+use crate::store::digest;
+use crate::users::LoginRefused;
+use crate::{audit, Shared, Sso};
+
+/// How long a user may take to fill the login form.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AuthorizeQuery {
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    response_type: Option<String>,
+    scope: Option<String>,
+    state: Option<String>,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    prompt: Option<String>,
+    max_age: Option<u64>,
+}
+
+/// An authorization request waiting for login or consent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub csrf: String,
+}
+
+/// What an authorization code stands for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CodeGrant {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub sub: String,
+    pub scope: String,
+    pub nonce: Option<String>,
+    pub auth_time: u64,
+    pub code_challenge: Option<String>,
+}
+
+/// A login session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoginSession {
+    sub: String,
+    auth_time: u64,
+}
+
+impl Sso {
+    fn render(&self, template: &str, context: Value) -> Response {
+        let mut context = context;
+        context["brand"] = json!({
+            "title": self.config.branding.title,
+            "logo_url": self.config.branding.logo_url,
+        });
+        match self
+            .templates
+            .get_template(template)
+            .and_then(|t| t.render(&context))
+        {
+            Ok(html) => {
+                let mut response = Html(html).into_response();
+                let headers = response.headers_mut();
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                // No framing (clickjacking of the forms), no external anything.
+                headers.insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'; frame-ancestors 'none'",
+                    ),
+                );
+                headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+                headers.insert(
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                );
+                response
+            }
+            Err(e) => {
+                log::error!("template {template}: {e}");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+
+    pub fn message_page(&self, status: StatusCode, heading: &str, message: &str) -> Response {
+        let mut response = self.render(
+            "message.html",
+            json!({ "heading": heading, "message": message, "is_error": status.is_client_error() || status.is_server_error() }),
+        );
+        *response.status_mut() = status;
+        response
+    }
+
+    fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+        let secure = if self.config.session.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
+        let path = if self.base_path.is_empty() {
+            "/"
+        } else {
+            &self.base_path
+        };
+        HeaderValue::from_str(&format!(
+            "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid=1; Max-Age=0"))
+    }
+
+    fn csrf_cookie_name(&self) -> String {
+        format!("{}_csrf", self.config.session.cookie)
+    }
+
+    async fn session(&self, headers: &HeaderMap) -> Option<LoginSession> {
+        let id = cookie_value(headers, &self.config.session.cookie)?;
+        let value = self
+            .store
+            .get(&format!("session:{}", digest(&id)))
+            .await
+            .ok()??;
+        serde_json::from_value(value).ok()
+    }
+
+    /// Back to the client with an error (only for a verified redirect URI).
+    fn redirect_error(&self, pending: &Pending, error: &str, description: &str) -> Response {
+        let mut params = vec![
+            ("error", error.to_owned()),
+            ("error_description", description.to_owned()),
+        ];
+        if let Some(state) = &pending.state {
+            params.push(("state", state.clone()));
+        }
+        params.push(("iss", self.config.issuer.clone()));
+        Redirect::to(&with_query(&pending.redirect_uri, &params)).into_response()
+    }
+
+    /// Issues a code for a logged-in user and sends the browser back.
+    async fn complete(&self, pending: &Pending, session: &LoginSession) -> Response {
+        let code = random_id(32);
+        let grant = CodeGrant {
+            client_id: pending.client_id.clone(),
+            redirect_uri: pending.redirect_uri.clone(),
+            sub: session.sub.clone(),
+            scope: pending.scope.clone(),
+            nonce: pending.nonce.clone(),
+            auth_time: session.auth_time,
+            code_challenge: pending.code_challenge.clone(),
+        };
+        let stored = self
+            .store
+            .put(
+                &format!("code:{}", digest(&code)),
+                &serde_json::to_value(&grant).unwrap_or_default(),
+                self.config.code_ttl.0,
+            )
+            .await;
+        if stored.is_err() {
+            return self.redirect_error(pending, "temporarily_unavailable", "try again");
+        }
+        audit(
+            json!({ "event": "code_issued", "client_id": pending.client_id, "sub": session.sub }),
+        );
+        let mut params = vec![("code", code)];
+        if let Some(state) = &pending.state {
+            params.push(("state", state.clone()));
+        }
+        params.push(("iss", self.config.issuer.clone()));
+        Redirect::to(&with_query(&pending.redirect_uri, &params)).into_response()
+    }
+
+    async fn consented(&self, sub: &str, client: &Client, scope: &str) -> bool {
+        if client.first_party {
+            return true;
+        }
+        let key = format!("consent:{}:{}", digest(sub), client.client_id);
+        let Ok(Some(granted)) = self.store.get(&key).await else {
+            return false;
+        };
+        let granted: Vec<&str> = granted["scope"].as_str().unwrap_or("").split(' ').collect();
+        scope
+            .split(' ')
+            .all(|s| s.is_empty() || granted.contains(&s))
+    }
+
+    fn login_form(
+        &self,
+        request_id: &str,
+        pending: &Pending,
+        client: &Client,
+        username: &str,
+        error: Option<&str>,
+        status: StatusCode,
+    ) -> Response {
+        let mut response = self.render(
+            "login.html",
+            json!({
+                "action": format!("{}/login", self.base_path),
+                "request": request_id,
+                "csrf": pending.csrf,
+                "client_name": client.name.clone().unwrap_or_else(|| client.client_id.clone()),
+                "username": username,
+                "error": error,
+            }),
+        );
+        *response.status_mut() = status;
+        if let Ok(value) = HeaderValue::from_str(&pending.csrf) {
+            let _ = value;
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                self.cookie(
+                    &self.csrf_cookie_name(),
+                    &pending.csrf,
+                    PENDING_TTL.as_secs(),
+                ),
+            );
+        }
+        response
+    }
+
+    fn consent_form(&self, request_id: &str, pending: &Pending, client: &Client) -> Response {
+        let mut response = self.render(
+            "consent.html",
+            json!({
+                "action": format!("{}/consent", self.base_path),
+                "request": request_id,
+                "csrf": pending.csrf,
+                "client_name": client.name.clone().unwrap_or_else(|| client.client_id.clone()),
+                "scopes": pending.scope.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+            }),
+        );
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookie(
+                &self.csrf_cookie_name(),
+                &pending.csrf,
+                PENDING_TTL.as_secs(),
+            ),
+        );
+        response
+    }
+
+    async fn load_pending(&self, id: &str) -> Option<Pending> {
+        let value = self
+            .store
+            .get(&format!("pending:{}", digest(id)))
+            .await
+            .ok()??;
+        serde_json::from_value(value).ok()
+    }
+
+    /// The pending request a form names, if it exists and the form passes
+    /// the CSRF check; else the page to answer.
+    async fn posted_pending(
+        &self,
+        headers: &HeaderMap,
+        request: &str,
+        csrf: &str,
+    ) -> Result<Pending, Response> {
+        let Some(pending) = self.load_pending(request).await else {
+            return Err(self.message_page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in expired",
+                "This sign-in took too long or was already used. Go back to the application and start again.",
+            ));
+        };
+        if !self.csrf_ok(headers, &pending, csrf) {
+            return Err(self.message_page(
+                StatusCode::FORBIDDEN,
+                "Request refused",
+                "The form was not sent from this sign-in page. Go back to the application and start again.",
+            ));
+        }
+        Ok(pending)
+    }
+
+    /// The form's CSRF token must match the pending request's and the cookie.
+    fn csrf_ok(&self, headers: &HeaderMap, pending: &Pending, form_csrf: &str) -> bool {
+        let cookie = cookie_value(headers, &self.csrf_cookie_name()).unwrap_or_default();
+        let a: bool = pending.csrf.as_bytes().ct_eq(form_csrf.as_bytes()).into();
+        let b: bool = cookie.as_bytes().ct_eq(form_csrf.as_bytes()).into();
+        a && b && !form_csrf.is_empty()
+    }
+}
+
+pub async fn authorize(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<AuthorizeQuery>,
+) -> Response {
+    // The client and its redirect URI first: until both are known good,
+    // nothing is redirected anywhere.
+    let Some(client) = query
+        .client_id
+        .as_deref()
+        .and_then(|id| sso.clients.get(id))
+    else {
+        return sso.message_page(
+            StatusCode::BAD_REQUEST,
+            "Unknown application",
+            "The application that sent you here is not registered.",
+        );
+    };
+    let Some(redirect_uri) = query
+        .redirect_uri
+        .as_deref()
+        .filter(|uri| client.redirect_uris.iter().any(|r| r == uri))
+    else {
+        return sso.message_page(
+            StatusCode::BAD_REQUEST,
+            "Invalid redirect",
+            "The application asked to send you to an address it has not registered.",
+        );
+    };
+    let mut pending = Pending {
+        client_id: client.client_id.clone(),
+        redirect_uri: redirect_uri.to_owned(),
+        scope: String::new(),
+        state: query.state.clone(),
+        nonce: query.nonce.clone(),
+        code_challenge: None,
+        csrf: random_id(24),
+    };
+    if !client.grants().contains(&GrantType::AuthorizationCode) {
+        return sso.redirect_error(
+            &pending,
+            "unauthorized_client",
+            "this client may not use the authorization code flow",
+        );
+    }
+    if query.response_type.as_deref() != Some("code") {
+        return sso.redirect_error(
+            &pending,
+            "unsupported_response_type",
+            "only `code` is supported",
+        );
+    }
+    let allowed = allowed_scopes(&client);
+    let requested: Vec<&str> = query
+        .scope
+        .as_deref()
+        .unwrap_or("openid")
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(bad) = requested.iter().find(|s| !allowed.iter().any(|a| a == *s)) {
+        return sso.redirect_error(
+            &pending,
+            "invalid_scope",
+            &format!("scope `{bad}` is not allowed"),
+        );
+    }
+    pending.scope = requested.join(" ");
+    match (
+        query.code_challenge.as_deref(),
+        query.code_challenge_method.as_deref(),
+    ) {
+        (Some(challenge), Some("S256")) if challenge.len() == 43 => {
+            pending.code_challenge = Some(challenge.to_owned());
+        }
+        (Some(_), _) => {
+            return sso.redirect_error(
+                &pending,
+                "invalid_request",
+                "PKCE: S256 with a 43-character challenge is required",
+            )
+        }
+        (None, _) if client.client_type == ClientType::Public || client.require_pkce => {
+            return sso.redirect_error(
+                &pending,
+                "invalid_request",
+                "PKCE (S256) is required for this client",
+            )
+        }
+        (None, _) => {}
+    }
+
+    let prompt = query.prompt.as_deref().unwrap_or("");
+    let session = sso.session(&headers).await.filter(|s| {
+        !prompt.split(' ').any(|p| p == "login")
+            && query
+                .max_age
+                .is_none_or(|max| now_secs().saturating_sub(s.auth_time) <= max)
+    });
+    if session.is_none() && prompt.split(' ').any(|p| p == "none") {
+        return sso.redirect_error(&pending, "login_required", "no session");
+    }
+    if let Some(session) = &session {
+        if sso.consented(&session.sub, &client, &pending.scope).await {
+            return sso.complete(&pending, session).await;
+        }
+        if prompt.split(' ').any(|p| p == "none") {
+            return sso.redirect_error(&pending, "consent_required", "consent needed");
+        }
+    }
+    let request_id = random_id(24);
+    let stored = sso
+        .store
+        .put(
+            &format!("pending:{}", digest(&request_id)),
+            &serde_json::to_value(&pending).unwrap_or_default(),
+            PENDING_TTL,
+        )
+        .await;
+    if stored.is_err() {
+        return sso.redirect_error(&pending, "temporarily_unavailable", "try again");
+    }
+    match session {
+        Some(_) => sso.consent_form(&request_id, &pending, &client),
+        None => sso.login_form(&request_id, &pending, &client, "", None, StatusCode::OK),
+    }
+}
+
+/// Every scope a client may ask for.
+pub fn allowed_scopes(client: &Client) -> Vec<String> {
+    if !client.scopes.is_empty() {
+        let mut scopes = client.scopes.clone();
+        if !scopes.iter().any(|s| s == "openid") {
+            scopes.push("openid".into());
+        }
+        return scopes;
+    }
+    let mut scopes: Vec<String> = ["openid", "profile", "email", "roles"]
+        .map(String::from)
+        .to_vec();
+    if client.grants().contains(&GrantType::RefreshToken) {
+        scopes.push("offline_access".into());
+    }
+    scopes
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    request: String,
+    csrf: String,
+    username: String,
+    password: String,
+}
+
+pub async fn login(
+    State(sso): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let pending = match sso
+        .posted_pending(&headers, &form.request, &form.csrf)
+        .await
+    {
+        Ok(pending) => pending,
+        Err(page) => return page,
+    };
+    let Some(client) = sso.clients.get(&pending.client_id) else {
+        return sso.message_page(StatusCode::BAD_REQUEST, "Unknown application", "");
+    };
+    let username = form.username.trim();
+    let outcome = sso
+        .users
+        .login(
+            sso.store.as_ref(),
+            &sso.config.login,
+            username,
+            &form.password,
+            Some(peer.ip()),
+        )
+        .await;
+    let user = match outcome {
+        Ok(Ok(user)) => user,
+        Ok(Err(refused)) => {
+            let (status, message) = match refused {
+                LoginRefused::Invalid => (
+                    StatusCode::UNAUTHORIZED,
+                    "Wrong user name or password.".to_owned(),
+                ),
+                LoginRefused::Locked(seconds) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("Too many failed attempts. Wait {seconds} seconds and try again."),
+                ),
+            };
+            audit(
+                json!({ "event": "login_failed", "client_id": client.client_id,
+                "username_digest": digest(username), "ip": peer.ip().to_string(),
+                "locked": matches!(refused, LoginRefused::Locked(_)) }),
+            );
+            let mut response = sso.login_form(
+                &form.request,
+                &pending,
+                &client,
+                username,
+                Some(&message),
+                status,
+            );
+            if let LoginRefused::Locked(seconds) = refused {
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            return response;
+        }
+        Err(e) => {
+            log::error!("login: {e}");
+            return sso.message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "Sign-in is unavailable right now.",
+            );
+        }
+    };
+    // A new session id at login (no fixation).
+    let session_id = random_id(32);
+    let session = LoginSession {
+        sub: user.username.clone(),
+        auth_time: now_secs(),
+    };
+    let ttl = sso.config.session.ttl.0;
+    if sso
+        .store
+        .put(
+            &format!("session:{}", digest(&session_id)),
+            &serde_json::to_value(&session).unwrap_or_default(),
+            ttl,
+        )
+        .await
+        .is_err()
+    {
+        return sso.message_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again later",
+            "Sign-in is unavailable right now.",
+        );
+    }
+    audit(
+        json!({ "event": "login", "sub": session.sub, "client_id": client.client_id,
+        "ip": peer.ip().to_string() }),
+    );
+    let mut response = if sso.consented(&session.sub, &client, &pending.scope).await {
+        let _ = sso
+            .store
+            .delete(&format!("pending:{}", digest(&form.request)))
+            .await;
+        sso.complete(&pending, &session).await
+    } else {
+        sso.consent_form(&form.request, &pending, &client)
+    };
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        sso.cookie(&sso.config.session.cookie, &session_id, ttl.as_secs()),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+pub struct ConsentForm {
+    request: String,
+    csrf: String,
+    decision: String,
+}
+
+pub async fn consent(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<ConsentForm>,
+) -> Response {
+    let pending = match sso
+        .posted_pending(&headers, &form.request, &form.csrf)
+        .await
+    {
+        Ok(pending) => pending,
+        Err(page) => return page,
+    };
+    let Some(session) = sso.session(&headers).await else {
+        return sso.message_page(
+            StatusCode::UNAUTHORIZED,
+            "Signed out",
+            "Go back to the application and sign in again.",
+        );
+    };
+    let _ = sso
+        .store
+        .delete(&format!("pending:{}", digest(&form.request)))
+        .await;
+    if form.decision != "allow" {
+        audit(
+            json!({ "event": "consent_denied", "sub": session.sub, "client_id": pending.client_id }),
+        );
+        return sso.redirect_error(&pending, "access_denied", "the user denied the request");
+    }
+    let key = format!("consent:{}:{}", digest(&session.sub), pending.client_id);
+    let _ = sso
+        .store
+        .put(
+            &key,
+            &json!({ "scope": pending.scope }),
+            Duration::from_secs(365 * 24 * 3600),
+        )
+        .await;
+    audit(
+        json!({ "event": "consent_granted", "sub": session.sub, "client_id": pending.client_id, "scope": pending.scope }),
+    );
+    sso.complete(&pending, &session).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct EndSessionQuery {
+    id_token_hint: Option<String>,
+    post_logout_redirect_uri: Option<String>,
+    client_id: Option<String>,
+    state: Option<String>,
+}
+
+/// RP-initiated logout 1.0: ends the session; redirects only to a URI the
+/// client registered.
+pub async fn end_session(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<EndSessionQuery>,
+) -> Response {
+    end_session_with(sso, headers, query).await
+}
+
+pub async fn end_session_post(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Form(query): Form<EndSessionQuery>,
+) -> Response {
+    end_session_with(sso, headers, query).await
+}
+
+async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQuery) -> Response {
+    let hint = query.id_token_hint.as_deref().and_then(|t| {
+        crate::oauth::verify_own(&sso.keys, &sso.config.issuer, t, true).map(|(_, claims)| claims)
+    });
+    if query.id_token_hint.is_some() && hint.is_none() {
+        return sso.message_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-out refused",
+            "The sign-out request is not valid.",
+        );
+    }
+    let hinted_client = hint
+        .as_ref()
+        .and_then(|c| c["aud"].as_str().map(str::to_owned));
+    let client_id = query.client_id.clone().or(hinted_client);
+    let client = client_id.as_deref().and_then(|id| sso.clients.get(id));
+    let redirect = match (&query.post_logout_redirect_uri, &client) {
+        (Some(uri), Some(client)) if client.post_logout_redirect_uris.iter().any(|r| r == uri) => {
+            Some(uri.clone())
+        }
+        (Some(_), _) => {
+            return sso.message_page(
+                StatusCode::BAD_REQUEST,
+                "Sign-out refused",
+                "The application asked to send you to an address it has not registered.",
+            )
+        }
+        (None, _) => None,
+    };
+    let session = sso.session(&headers).await;
+    if let Some(id) = cookie_value(&headers, &sso.config.session.cookie) {
+        let _ = sso.store.delete(&format!("session:{}", digest(&id))).await;
+    }
+    audit(
+        json!({ "event": "logout", "sub": session.as_ref().map(|s| s.sub.clone()),
+        "client_id": client.as_ref().map(|c| c.client_id.clone()) }),
+    );
+    let mut response = match redirect {
+        Some(uri) => {
+            let mut params = Vec::new();
+            if let Some(state) = &query.state {
+                params.push(("state", state.clone()));
+            }
+            Redirect::to(&with_query(&uri, &params)).into_response()
+        }
+        None => sso.message_page(StatusCode::OK, "Signed out", "You are signed out."),
+    };
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        sso.cookie(&sso.config.session.cookie, "", 0),
+    );
+    response
+}
+
+/// A cookie's value from the request.
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// `uri` with `params` appended to its query.
+fn with_query(uri: &str, params: &[(&str, String)]) -> String {
+    if params.is_empty() {
+        return uri.to_owned();
+    }
+    let encoded: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    let separator = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{separator}{}", encoded.join("&"))
+}
+
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_building_and_cookies() {
+        assert_eq!(
+            with_query("https://a/cb?x=1", &[("state", "a b&c".into())]),
+            "https://a/cb?x=1&state=a%20b%26c"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; sid=xyz; b="));
+        assert_eq!(cookie_value(&headers, "sid").as_deref(), Some("xyz"));
+        assert_eq!(cookie_value(&headers, "b"), None);
+    }
+}
