@@ -157,8 +157,9 @@ pub struct Login {
     /// before a lockout. Defaults to 5.
     #[serde(default = "default_max_failures")]
     pub max_failures: u32,
-    /// The first lockout; each further failure while locked doubles it, up
-    /// to 1h. Defaults to 30s.
+    /// The first lockout; each failure after a lockout ended (within the
+    /// hour the failures are counted over) doubles it, up to 1h. Defaults
+    /// to 30s.
     #[serde(default = "default_lockout")]
     pub lockout: Duration,
 }

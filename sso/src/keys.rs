@@ -77,6 +77,8 @@ pub struct KeyStore {
     dir: PathBuf,
     schedule: Schedule,
     current: RwLock<Arc<KeySet>>,
+    /// When an unknown `kid` last made us reload the directory.
+    last_reload: std::sync::atomic::AtomicU64,
 }
 
 pub fn now_secs() -> u64 {
@@ -100,6 +102,7 @@ impl KeyStore {
                 keys: Vec::new(),
                 jwks: Arc::new(json!({ "keys": [] })),
             })),
+            last_reload: std::sync::atomic::AtomicU64::new(0),
         };
         store.rotate(now_secs())?;
         Ok(store)
@@ -117,8 +120,24 @@ impl KeyStore {
     }
 
     /// A published key by id (signing now, next, or retired but kept).
+    /// An unknown id reloads the directory (at most once a second): another
+    /// replica sharing it may have created the key.
     pub fn key(&self, kid: &str) -> Option<Arc<SigningKey>> {
-        self.set().keys.iter().find(|k| k.kid == kid).cloned()
+        let find = || self.set().keys.iter().find(|k| k.kid == kid).cloned();
+        if let Some(key) = find() {
+            return Some(key);
+        }
+        let now = now_secs();
+        let last = self
+            .last_reload
+            .swap(now, std::sync::atomic::Ordering::Relaxed);
+        if last == now {
+            return None;
+        }
+        if let Err(e) = self.rotate(now) {
+            log::warn!("reloading the signing keys: {e}");
+        }
+        find()
     }
 
     pub fn jwks(&self) -> Arc<Value> {
@@ -151,7 +170,9 @@ impl KeyStore {
                 }
             }
         }
-        keys.sort_by_key(|k| k.signs_from);
+        // Ties (two replicas creating a first key at once) break by id, the
+        // same way in every replica.
+        keys.sort_by(|a, b| (a.signs_from, &a.kid).cmp(&(b.signs_from, &b.kid)));
         // A key retired when its successor began signing; it stays until
         // the tokens it signed have expired.
         let mut kept = Vec::with_capacity(keys.len());
@@ -206,7 +227,7 @@ impl KeyStore {
                 }
             })?));
         }
-        keys.sort_by_key(|k| k.signs_from);
+        keys.sort_by(|a, b| (a.signs_from, &a.kid).cmp(&(b.signs_from, &b.kid)));
         Ok(keys)
     }
 

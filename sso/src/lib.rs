@@ -51,6 +51,8 @@ pub enum SsoError {
     Io(#[from] std::io::Error),
     #[error("users: {0}")]
     Users(#[from] portcullis_config::LoadError),
+    #[error("store: {0}")]
+    Store(String),
     #[error("templates: {0}")]
     Templates(#[from] minijinja::Error),
 }
@@ -96,7 +98,13 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
     let state = Arc::new(Sso {
         clients: Clients::new(&config.clients),
         users: users::Users::new(users),
-        store: Arc::new(store::MemoryStore::default()),
+        store: match (&config.store, &config.redis) {
+            (portcullis_config::sso::StoreKind::Redis, Some(redis)) => Arc::new(
+                store::RedisStore::new(redis.url.expose(), &redis.key_prefix)
+                    .map_err(|e| SsoError::Store(e.to_string()))?,
+            ),
+            _ => Arc::new(store::MemoryStore::default()) as Arc<dyn store::Store>,
+        },
         templates: templates()?,
         base_path: issuer_path(&config.issuer),
         keys,

@@ -121,6 +121,122 @@ impl Store for MemoryStore {
     }
 }
 
+/// Several replicas: every operation is one Redis command (or script), so
+/// single use (`take` = GETDEL, `put_new` = SET NX) holds across replicas.
+pub struct RedisStore {
+    client: redis::Client,
+    prefix: String,
+    connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    timeout: Duration,
+}
+
+/// INCR that sets the expiry when it creates the key.
+const INCR_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
+
+impl RedisStore {
+    pub fn new(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        Ok(RedisStore {
+            client: redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?,
+            prefix: prefix.to_owned(),
+            connection: tokio::sync::Mutex::new(None),
+            timeout: Duration::from_secs(2),
+        })
+    }
+
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, StoreError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        let connection = tokio::time::timeout(
+            self.timeout * 2,
+            redis::aio::ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| StoreError("connecting to Redis timed out".into()))?
+        .map_err(|e| StoreError(e.to_string()))?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection().await?;
+        tokio::time::timeout(self.timeout, cmd.query_async(&mut connection))
+            .await
+            .map_err(|_| StoreError("Redis timed out".into()))?
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+fn parse(text: Option<String>) -> Option<Value> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn put(&self, key: &str, value: &Value, ttl: Duration) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
+            .arg(value.to_string())
+            .arg("PX")
+            .arg(millis(ttl));
+        self.run::<()>(cmd).await
+    }
+
+    async fn put_new(&self, key: &str, value: &Value, ttl: Duration) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.key(key))
+            .arg(value.to_string())
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        Ok(self.run::<Option<String>>(cmd).await?.is_some())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.key(key));
+        Ok(parse(self.run(cmd).await?))
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<Value>, StoreError> {
+        let mut cmd = redis::cmd("GETDEL");
+        cmd.arg(self.key(key));
+        Ok(parse(self.run(cmd).await?))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(self.key(key));
+        self.run::<()>(cmd).await
+    }
+
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(INCR_SCRIPT)
+            .arg(1)
+            .arg(self.key(key))
+            .arg(millis(ttl));
+        self.run(cmd).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

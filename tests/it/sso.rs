@@ -24,7 +24,7 @@ impl SsoProcess {
     /// Writes `config` (with `{PORT}` filled in) to `dir/sso.yaml` and waits
     /// for discovery to answer.
     async fn start(dir: &Path, config: &str, port: u16) -> SsoProcess {
-        let path = dir.join("sso.yaml");
+        let path = dir.join(format!("sso-{port}.yaml"));
         std::fs::write(&path, config.replace("{PORT}", &port.to_string())).unwrap();
         let log = std::fs::File::create(dir.join(format!("sso-{port}.log"))).unwrap();
         let child = Command::new(BIN)
@@ -53,6 +53,10 @@ impl SsoProcess {
 
     fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}/sso", self.port)
+    }
+
+    fn log(&self, dir: &Path) -> String {
+        std::fs::read_to_string(dir.join(format!("sso-{}.log", self.port))).unwrap_or_default()
     }
 
     fn url(&self, path: &str) -> String {
@@ -443,4 +447,310 @@ clients:
             "missing `{expected}` in:\n{stderr}"
         );
     }
+}
+
+/// A minimal browser for the login form: cookies by name, no redirects.
+#[derive(Default)]
+struct Browser {
+    cookies: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl Browser {
+    fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap()
+    }
+
+    fn cookie_header(&self) -> String {
+        let cookies = self.cookies.lock().unwrap();
+        cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn absorb(&self, response: &reqwest::Response) {
+        let mut cookies = self.cookies.lock().unwrap();
+        for value in response.headers().get_all("set-cookie") {
+            let text = value.to_str().unwrap();
+            let (pair, attributes) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() || attributes.contains("Max-Age=0") {
+                cookies.remove(name);
+            } else {
+                cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    async fn get(&self, url: &str) -> reqwest::Response {
+        let response = Self::http()
+            .get(url)
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.absorb(&response);
+        response
+    }
+
+    async fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let response = Self::http()
+            .post(url)
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        self.absorb(&response);
+        response
+    }
+}
+
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("{name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+const CALLBACK: &str = "http://127.0.0.1:1/callback";
+
+fn pkce() -> (String, String) {
+    use base64::Engine;
+    let verifier = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    (verifier, challenge)
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).unwrap();
+    bytes
+}
+
+fn authorize_url(base: &str, challenge: &str) -> String {
+    format!(
+        "{base}/authorize?response_type=code&client_id=web-ui&scope=openid%20profile&state=st&redirect_uri={}&code_challenge={challenge}&code_challenge_method=S256",
+        CALLBACK.replace(':', "%3A").replace('/', "%2F")
+    )
+}
+
+fn code_from(response: &reqwest::Response) -> String {
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(location.starts_with(CALLBACK), "{location}");
+    location
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("code="))
+        .unwrap()
+        .to_owned()
+}
+
+/// The login form's answer to one attempt.
+async fn try_login(
+    browser: &Browser,
+    base: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    let (_, challenge) = pkce();
+    let form = browser.get(&authorize_url(base, &challenge)).await;
+    assert_eq!(form.status(), 200);
+    let html = form.text().await.unwrap();
+    browser
+        .post(
+            &format!("{base}/login"),
+            &[
+                ("request", &hidden(&html, "request")),
+                ("csrf", &hidden(&html, "csrf")),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await
+}
+
+async fn redeem(base: &str, code: &str, verifier: &str) -> (u16, Value) {
+    let response = client()
+        .post(format!("{base}/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("client_id", "web-ui"),
+            ("code", code),
+            ("code_verifier", verifier),
+            ("redirect_uri", CALLBACK),
+        ])
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_redis_sessions_codes_and_refresh_tokens() {
+    let redis = crate::support::RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let (port_a, port_b) = (free_port(), free_port());
+    // One issuer (the load balancer's address), two listeners.
+    let config = config().replace("listen: 127.0.0.1:{PORT}\n", "").replace(
+        "issuer: http://127.0.0.1:{PORT}/sso",
+        &format!("issuer: http://127.0.0.1:{port_a}/sso"),
+    ) + &format!(
+        "store: redis\nredis: {{ url: '{}' }}\nlisten: 127.0.0.1:{{PORT}}\n",
+        redis.url()
+    );
+    let a = SsoProcess::start(dir.path(), &config, port_a).await;
+    let _b = SsoProcess::start(dir.path(), &config, port_b).await;
+    let (base_a, base_b) = (a.issuer(), format!("http://127.0.0.1:{port_b}/sso"));
+
+    // Log in on A; redeem the code and refresh on B.
+    let browser = Browser::default();
+    let (verifier, challenge) = pkce();
+    let form = browser.get(&authorize_url(&base_a, &challenge)).await;
+    let html = form.text().await.unwrap();
+    let login = browser
+        .post(
+            &format!("{base_a}/login"),
+            &[
+                ("request", &hidden(&html, "request")),
+                ("csrf", &hidden(&html, "csrf")),
+                ("username", "alice"),
+                ("password", "alice-password"),
+            ],
+        )
+        .await;
+    // web-ui is not first-party: consent first.
+    let consent_html = login.text().await.unwrap();
+    let consented = browser
+        .post(
+            &format!("{base_a}/consent"),
+            &[
+                ("request", &hidden(&consent_html, "request")),
+                ("csrf", &hidden(&consent_html, "csrf")),
+                ("decision", "allow"),
+            ],
+        )
+        .await;
+    let code = code_from(&consented);
+    let (status, tokens) = redeem(&base_b, &code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let refreshed: Value = client()
+        .post(format!("{base_b}/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "web-ui"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(refreshed["access_token"].is_string(), "{refreshed}");
+    let userinfo = client()
+        .get(format!("{base_a}/userinfo"))
+        .bearer_auth(refreshed["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(userinfo.status(), 200);
+    assert_eq!(userinfo.json::<Value>().await.unwrap()["sub"], "alice");
+
+    // The session from A is single sign-on on B too; and a code redeemed by
+    // two replicas at once is redeemed once.
+    let mut wins = 0;
+    for _ in 0..10 {
+        let (verifier, challenge) = pkce();
+        let code = code_from(&browser.get(&authorize_url(&base_b, &challenge)).await);
+        let (first, second) = tokio::join!(
+            redeem(&base_a, &code, &verifier),
+            redeem(&base_b, &code, &verifier)
+        );
+        let mut statuses = [first.0, second.0];
+        statuses.sort();
+        assert_eq!(statuses, [200, 400], "{first:?} {second:?}");
+        let loser = if first.0 == 400 { &first.1 } else { &second.1 };
+        assert_eq!(loser["error"], "invalid_grant");
+        wins += 1;
+    }
+    assert_eq!(wins, 10);
+    assert!(a.log(dir.path()).contains("\"code_issued\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_force_locks_without_telling_whether_the_account_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let config = config() + "login: { max_failures: 5, lockout: 30s }\n";
+    let sso = SsoProcess::start(dir.path(), &config, port).await;
+    let base = sso.issuer();
+
+    let mut answers: Vec<Vec<(u16, String)>> = Vec::new();
+    for username in ["alice", "mallory"] {
+        let browser = Browser::default();
+        let mut seen = Vec::new();
+        for attempt in 0..20 {
+            let response = try_login(&browser, &base, username, &format!("guess-{attempt}")).await;
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let html = response.text().await.unwrap();
+            let message = html
+                .split("role=\"alert\">")
+                .nth(1)
+                .and_then(|m| m.split('<').next())
+                .unwrap_or("")
+                .to_owned();
+            assert_eq!(retry_after, status == 429, "attempt {attempt}");
+            // The countdown differs by when the attempt ran, not by account.
+            let message: String = message.chars().filter(|c| !c.is_ascii_digit()).collect();
+            seen.push((status, message));
+        }
+        answers.push(seen);
+    }
+    // The same answers for an existing and an unknown account.
+    assert_eq!(answers[0], answers[1]);
+    let statuses: Vec<u16> = answers[0].iter().map(|(s, _)| *s).collect();
+    assert_eq!(&statuses[..4], [401; 4]);
+    assert!(statuses[4..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(answers[0][0].1, "Wrong user name or password.");
+    assert_eq!(
+        answers[0][19].1,
+        "Too many failed attempts. Wait  seconds and try again."
+    );
+    // Locked: even the right password is refused for now.
+    let right = try_login(&Browser::default(), &base, "alice", "alice-password").await;
+    assert_eq!(right.status(), 429);
+    // Other accounts are not locked by alice's lock: bob signs in.
+    let bob = try_login(&Browser::default(), &base, "bob", "bob-password").await;
+    assert_eq!(bob.status(), 200, "bob reaches the consent page");
+    // Spraying accounts from one address: 4 × 5 failures lock the address
+    // (alice's and mallory's 5 each, then two more accounts).
+    for username in ["carol", "dave"] {
+        for attempt in 0..5 {
+            let status = try_login(&Browser::default(), &base, username, "x")
+                .await
+                .status();
+            let expected = if attempt == 4 { 429 } else { 401 };
+            assert_eq!(status, expected, "{username} attempt {attempt}");
+        }
+    }
+    let bob = try_login(&Browser::default(), &base, "bob", "bob-password").await;
+    assert_eq!(bob.status(), 429, "the address is locked");
+    let log = sso.log(dir.path());
+    assert!(log.contains("\"login_failed\""));
+    assert!(!log.contains("guess-"), "no passwords in the log");
 }
