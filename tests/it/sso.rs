@@ -450,18 +450,33 @@ clients:
 }
 
 /// A minimal browser for the login form: cookies by name, no redirects.
-#[derive(Default)]
 struct Browser {
+    http: reqwest::Client,
     cookies: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Browser::with(Browser::http())
+    }
 }
 
 impl Browser {
     fn http() -> reqwest::Client {
+        Self::builder().build().unwrap()
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .build()
-            .unwrap()
+    }
+
+    fn with(http: reqwest::Client) -> Browser {
+        Browser {
+            http,
+            cookies: std::sync::Mutex::default(),
+        }
     }
 
     fn cookie_header(&self) -> String {
@@ -488,7 +503,8 @@ impl Browser {
     }
 
     async fn get(&self, url: &str) -> reqwest::Response {
-        let response = Self::http()
+        let response = self
+            .http
             .get(url)
             .header("cookie", self.cookie_header())
             .send()
@@ -499,7 +515,8 @@ impl Browser {
     }
 
     async fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        let response = Self::http()
+        let response = self
+            .http
             .post(url)
             .header("cookie", self.cookie_header())
             .form(form)
@@ -753,4 +770,203 @@ async fn brute_force_locks_without_telling_whether_the_account_exists() {
     let log = sso.log(dir.path());
     assert!(log.contains("\"login_failed\""));
     assert!(!log.contains("guess-"), "no passwords in the log");
+}
+
+/// The Rust `openidconnect` crate as the relying party: the same happy path
+/// as the npm client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openidconnect_crate_happy_path() {
+    use openidconnect::core::{
+        CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreRevocableToken,
+    };
+    use openidconnect::{
+        AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl,
+        LogoutRequest, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PostLogoutRedirectUrl,
+        ProviderMetadataWithLogout, RedirectUrl, Scope, TokenIntrospectionResponse, TokenResponse,
+    };
+
+    // Behind the gateway on TLS, as in production: the crate refuses plain
+    // HTTP for revocation (RFC 7009 §2), rightly.
+    let ca = crate::tls::TestCa::new("sso-test-ca");
+    let leaf = ca.leaf(&["sso.test"], false);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sso.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("sso.key"), &leaf.key_pem).unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let gateway = Gateway::start(&format!(
+        "listeners:
+  - name: tls
+    address: 127.0.0.1:{{PORT}}
+    tls: {{ certificates: [{{ cert: '{0}/sso.crt', key: '{0}/sso.key' }}] }}
+admin: {{ address: 127.0.0.1:{{ADMIN}} }}
+upstreams:
+  sso: {{ targets: ['127.0.0.1:{port}'] }}
+routes:
+  - {{ name: sso, match: {{ path_prefix: /sso }}, upstream: sso }}
+",
+        dir.path().display()
+    ))
+    .await;
+    let issuer = format!("https://sso.test:{}/sso", gateway.port);
+    let config = config().replace(
+        "issuer: http://127.0.0.1:{PORT}/sso",
+        &format!("issuer: {issuer}"),
+    ) + &format!(
+        "  - client_id: portal
+    type: confidential
+    first_party: true
+    secret_hash: '{}'
+    grant_types: [authorization_code, refresh_token, client_credentials]
+    redirect_uris: ['{CALLBACK}']
+    post_logout_redirect_uris: ['http://127.0.0.1:1/logged-out']
+",
+        hash("portal-secret")
+    );
+    // Readiness is checked on the SSO's own port (same /sso path).
+    let _sso = SsoProcess::start(dir.path(), &config, port).await;
+    let http = Browser::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .resolve("sso.test", ([127, 0, 0, 1], gateway.port).into())
+        .build()
+        .unwrap();
+    let url_of = |path: &str| format!("{issuer}{path}");
+
+    let metadata =
+        ProviderMetadataWithLogout::discover_async(IssuerUrl::new(issuer.clone()).unwrap(), &http)
+            .await
+            .expect("discovery");
+    let end_session = metadata
+        .additional_metadata()
+        .end_session_endpoint
+        .clone()
+        .expect("end_session_endpoint");
+    let oidc = CoreClient::from_provider_metadata(
+        metadata,
+        ClientId::new("portal".into()),
+        Some(ClientSecret::new("portal-secret".into())),
+    )
+    .set_redirect_uri(RedirectUrl::new(CALLBACK.into()).unwrap())
+    .set_introspection_url(openidconnect::IntrospectionUrl::new(url_of("/introspect")).unwrap())
+    .set_revocation_url(openidconnect::RevocationUrl::new(url_of("/revoke")).unwrap());
+
+    // Code + PKCE through the login form.
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state, nonce) = oidc
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scope(Scope::new("profile".into()))
+        .add_scope(Scope::new("email".into()))
+        .set_pkce_challenge(challenge)
+        .url();
+    let browser = Browser::with(http.clone());
+    let form = browser.get(url.as_str()).await;
+    let html = form.text().await.unwrap();
+    let callback = browser
+        .post(
+            &url_of("/login"),
+            &[
+                ("request", &hidden(&html, "request")),
+                ("csrf", &hidden(&html, "csrf")),
+                ("username", "alice"),
+                ("password", "alice-password"),
+            ],
+        )
+        .await;
+    let location =
+        openidconnect::url::Url::parse(callback.headers()["location"].to_str().unwrap()).unwrap();
+    let query: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(query["state"], *state.secret());
+    let tokens = oidc
+        .exchange_code(AuthorizationCode::new(query["code"].clone()))
+        .unwrap()
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .expect("code exchange");
+
+    // The ID token: signature (ES256, via JWKS), iss, aud, nonce, at_hash.
+    let verifier = oidc
+        .id_token_verifier()
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+    let id_token = tokens.id_token().expect("id token");
+    let claims = id_token.claims(&verifier, &nonce).expect("valid ID token");
+    assert_eq!(claims.subject().as_str(), "alice");
+    assert!(claims.auth_time().is_some());
+    let expected_hash = AccessTokenHash::from_token(
+        tokens.access_token(),
+        id_token.signing_alg().unwrap(),
+        id_token.signing_key(&verifier).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims.access_token_hash(), Some(&expected_hash));
+
+    // Userinfo.
+    let info: openidconnect::core::CoreUserInfoClaims = oidc
+        .user_info(
+            tokens.access_token().clone(),
+            Some(claims.subject().clone()),
+        )
+        .unwrap()
+        .request_async(&http)
+        .await
+        .expect("userinfo");
+    assert_eq!(info.email().map(|e| e.as_str()), Some("alice@example.com"));
+
+    // Refresh with rotation.
+    let refresh = tokens.refresh_token().expect("refresh token");
+    let refreshed = oidc
+        .exchange_refresh_token(refresh)
+        .unwrap()
+        .request_async(&http)
+        .await
+        .expect("refresh");
+    assert_ne!(
+        refreshed.refresh_token().unwrap().secret(),
+        refresh.secret(),
+        "rotated"
+    );
+
+    // Client credentials, introspection, revocation.
+    let service = oidc
+        .exchange_client_credentials()
+        .unwrap()
+        .request_async(&http)
+        .await
+        .expect("client credentials");
+    let active = oidc
+        .introspect(service.access_token())
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert!(active.active());
+    oidc.revoke_token(CoreRevocableToken::from(service.access_token().clone()))
+        .unwrap()
+        .request_async(&http)
+        .await
+        .expect("revocation");
+    let inactive = oidc
+        .introspect(service.access_token())
+        .request_async(&http)
+        .await
+        .unwrap();
+    assert!(!inactive.active());
+
+    // RP-initiated logout.
+    let logout = LogoutRequest::from(end_session)
+        .set_id_token_hint(id_token)
+        .set_post_logout_redirect_uri(
+            PostLogoutRedirectUrl::new("http://127.0.0.1:1/logged-out".into()).unwrap(),
+        )
+        .set_state(CsrfToken::new("bye".into()))
+        .http_get_url();
+    let response = browser.get(logout.as_str()).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(
+        response.headers()["location"],
+        "http://127.0.0.1:1/logged-out?state=bye"
+    );
 }
