@@ -970,3 +970,102 @@ routes:
         "http://127.0.0.1:1/logged-out?state=bye"
     );
 }
+
+/// Rotation seen by a relying party that caches JWKS for the `max-age` the
+/// SSO announces: every token's key is already in its cache, and tokens of
+/// a retired key keep validating until they expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_never_outruns_a_caching_relying_party() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "issuer: http://127.0.0.1:{{PORT}}/sso
+listen: 127.0.0.1:{{PORT}}
+keys: {{ dir: keys, rotate_every: 6s, publish_ahead: 3s }}
+defaults:
+  public: {{ access_token_ttl: 4s, id_token_ttl: 4s, refresh_token_ttl: 60s }}
+  confidential: {{ access_token_ttl: 4s, id_token_ttl: 4s, refresh_token_ttl: 60s }}
+clients:
+  - {{ client_id: svc, type: confidential, secret_hash: '{}', audience: [orders-api] }}
+",
+        hash("svc-secret")
+    );
+    let sso = SsoProcess::start(dir.path(), &config, port).await;
+
+    // The relying party's cache: the key set and when it may be reused until.
+    let fetch_jwks = || async {
+        let response = client().get(sso.url("/jwks")).send().await.unwrap();
+        let max_age: u64 = response.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .split("max-age=")
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("max-age");
+        let jwks: Value = response.json().await.unwrap();
+        (
+            jwks,
+            std::time::Instant::now() + Duration::from_secs(max_age),
+        )
+    };
+    let kids = |jwks: &Value| -> Vec<String> {
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (mut cached, mut fresh_until) = fetch_jwks().await;
+    let mut issued: Vec<(String, String, u64)> = Vec::new();
+    let mut signing_kids: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(16);
+    let mut checks = 0;
+    while std::time::Instant::now() < deadline {
+        if std::time::Instant::now() >= fresh_until {
+            (cached, fresh_until) = fetch_jwks().await;
+        }
+        let (status, body, _) = client_credentials(
+            &sso,
+            &[("grant_type", "client_credentials")],
+            Some(("svc", "svc-secret")),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let token = body["access_token"].as_str().unwrap().to_owned();
+        let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+        assert!(
+            kids(&cached).contains(&kid),
+            "a token signed by {kid}, not in the relying party's cache {:?}",
+            kids(&cached)
+        );
+        if signing_kids.last() != Some(&kid) {
+            signing_kids.push(kid.clone());
+        }
+        let exp = verify(&sso, &token).await.1["exp"].as_u64().unwrap();
+        issued.push((token, kid, exp));
+        // Every unexpired token still validates against the current set.
+        let now = crate::support::unix_now();
+        let (current, _) = fetch_jwks().await;
+        for (old, old_kid, exp) in &issued {
+            if *exp > now + 1 {
+                assert!(
+                    kids(&current).contains(old_kid),
+                    "{old_kid} retired too early"
+                );
+                verify(&sso, old).await;
+            }
+        }
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        signing_kids.len() >= 3,
+        "at least two rotations in 16 s: {signing_kids:?}"
+    );
+    // Retired keys leave once their tokens expired: the set stays small.
+    let (current, _) = fetch_jwks().await;
+    assert!(kids(&current).len() <= 3, "{:?}", kids(&current));
+    assert!(!kids(&current).contains(&signing_kids[0]));
+    assert!(checks > 30);
+}
