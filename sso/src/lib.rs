@@ -34,9 +34,10 @@ use axum::{Form, Json, Router};
 use portcullis_config::sso::SsoConfig;
 use serde_json::json;
 
-pub use clients::hash_secret;
 use clients::Clients;
-use keys::{KeyStore, Schedule};
+pub use clients::{hash_secret, verify_secret};
+pub use keys::{KeyStore, Schedule};
+pub use oauth::{sign_access_token, AccessClaims};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SsoError {

@@ -123,8 +123,7 @@ pub fn sign_access_token(
     if !claims.groups.is_empty() {
         body["groups"] = claims.groups.into();
     }
-    let token = jsonwebtoken::encode(&header, &body, &key.encoding)
-        .map_err(|e| OAuthError::server_error(format!("signing failed: {e}")))?;
+    let token = encode_jws(&key, &header, &body)?;
     Ok(SignedAccess {
         token,
         jti,
@@ -141,8 +140,29 @@ pub fn sign_id_token(keys: &KeyStore, mut claims: Value) -> Result<String, OAuth
     let mut header = Header::new(key.algorithm);
     header.kid = Some(key.kid.clone());
     claims["iat"] = now.into();
-    jsonwebtoken::encode(&header, &claims, &key.encoding)
-        .map_err(|e| OAuthError::server_error(format!("signing failed: {e}")))
+    encode_jws(&key, &header, &claims)
+}
+
+/// A compact JWS: `b64(header).b64(claims).b64(signature)`.
+fn encode_jws(
+    key: &crate::keys::SigningKey,
+    header: &Header,
+    claims: &Value,
+) -> Result<String, OAuthError> {
+    let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = serde_json::to_vec(header)
+        .map_err(|e| OAuthError::server_error(format!("encoding failed: {e}")))?;
+    let claims = serde_json::to_vec(claims)
+        .map_err(|e| OAuthError::server_error(format!("encoding failed: {e}")))?;
+    let mut token = b64.encode(header);
+    token.push('.');
+    token.push_str(&b64.encode(claims));
+    let signature = key
+        .sign(token.as_bytes())
+        .map_err(|e| OAuthError::server_error(format!("signing failed: {e}")))?;
+    token.push('.');
+    token.push_str(&b64.encode(signature));
+    Ok(token)
 }
 
 /// `at_hash`: the left half of the access token's hash, with the hash of
