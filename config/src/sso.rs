@@ -100,7 +100,7 @@ pub enum Registration {
     InviteOnly,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Users {
     /// A YAML file of users (`users: [{username, password_hash, email,
@@ -108,9 +108,36 @@ pub struct Users {
     /// Defaults to none.
     #[serde(default)]
     pub file: Option<String>,
-    /// Self-service registration. Defaults to closed.
+    /// Self-service registration (`closed`, `open`, `invite_only`).
+    /// Registered users live in the store. Defaults to closed.
     #[serde(default)]
     pub registration: Registration,
+    /// Invitation codes for `invite_only`, each usable once (put them in
+    /// `${ENV}`). Defaults to none.
+    #[serde(default)]
+    pub invites: Vec<crate::Secret>,
+    /// Roles given to users who register. Defaults to none.
+    #[serde(default)]
+    pub registered_roles: Vec<String>,
+    /// Shortest password accepted at registration. Defaults to 12.
+    #[serde(default = "default_min_password")]
+    pub min_password_length: usize,
+}
+
+const fn default_min_password() -> usize {
+    12
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users {
+            file: None,
+            registration: Registration::Closed,
+            invites: Vec::new(),
+            registered_roles: Vec::new(),
+            min_password_length: default_min_password(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -323,6 +350,10 @@ pub enum GrantType {
     AuthorizationCode,
     RefreshToken,
     ClientCredentials,
+    /// Legacy (OAuth 2.0 §4.3, dropped by OAuth 2.1): the client handles the
+    /// user's password. Only for a client that is explicitly given it, for
+    /// migrating old integrations; never a default.
+    Password,
 }
 
 /// A client of the SSO.
@@ -420,6 +451,13 @@ impl Checker<'_> {
         }
         if config.store == StoreKind::Redis && config.redis.is_none() {
             self.problem(root.child_key("redis"), "`store: redis` needs `redis.url`");
+        }
+        if config.users.registration == Registration::InviteOnly && config.users.invites.is_empty()
+        {
+            self.problem(
+                root.child_key("users").child_key("invites"),
+                "`invite_only` registration needs at least one invitation code",
+            );
         }
         if let Some(file) = &config.users.file {
             self.readable(root.child_key("users").child_key("file"), file);

@@ -76,7 +76,7 @@ struct LoginSession {
 }
 
 impl Sso {
-    fn render(&self, template: &str, context: Value) -> Response {
+    pub(crate) fn render(&self, template: &str, context: Value) -> Response {
         let mut context = context;
         context["brand"] = json!({
             "title": self.config.branding.title,
@@ -121,7 +121,7 @@ impl Sso {
         response
     }
 
-    fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+    pub(crate) fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.config.session.secure_cookies {
             "; Secure"
         } else {
@@ -138,7 +138,7 @@ impl Sso {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid=1; Max-Age=0"))
     }
 
-    fn csrf_cookie_name(&self) -> String {
+    pub(crate) fn csrf_cookie_name(&self) -> String {
         format!("{}_csrf", self.config.session.cookie)
     }
 
@@ -231,6 +231,8 @@ impl Sso {
                 "client_name": client.name.clone().unwrap_or_else(|| client.client_id.clone()),
                 "username": username,
                 "error": error,
+                "register": (self.config.users.registration != portcullis_config::sso::Registration::Closed)
+                    .then(|| format!("{}/register?request={request_id}", self.base_path)),
             }),
         );
         *response.status_mut() = status;
@@ -270,13 +272,63 @@ impl Sso {
         response
     }
 
-    async fn load_pending(&self, id: &str) -> Option<Pending> {
+    pub(crate) async fn load_pending(&self, id: &str) -> Option<Pending> {
         let value = self
             .store
             .get(&format!("pending:{}", digest(id)))
             .await
             .ok()??;
         serde_json::from_value(value).ok()
+    }
+
+    /// After a login or a registration: a new session (new id: no
+    /// fixation), then the authorization continues (consent or code), or
+    /// a plain page when there is none.
+    pub(crate) async fn signed_in(
+        &self,
+        sub: &str,
+        authorization: Option<(&str, &Pending, &Client)>,
+    ) -> Response {
+        let session_id = random_id(32);
+        let session = LoginSession {
+            sub: sub.to_owned(),
+            auth_time: now_secs(),
+        };
+        let ttl = self.config.session.ttl.0;
+        let stored = self
+            .store
+            .put(
+                &format!("session:{}", digest(&session_id)),
+                &serde_json::to_value(&session).unwrap_or_default(),
+                ttl,
+            )
+            .await;
+        if stored.is_err() {
+            return self.message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "Sign-in is unavailable right now.",
+            );
+        }
+        let mut response = match authorization {
+            Some((request_id, pending, client)) => {
+                if self.consented(&session.sub, client, &pending.scope).await {
+                    let _ = self
+                        .store
+                        .delete(&format!("pending:{}", digest(request_id)))
+                        .await;
+                    self.complete(pending, &session).await
+                } else {
+                    self.consent_form(request_id, pending, client)
+                }
+            }
+            None => self.message_page(StatusCode::OK, "Signed in", "Your account is ready."),
+        };
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            self.cookie(&self.config.session.cookie, &session_id, ttl.as_secs()),
+        );
+        response
     }
 
     /// The pending request a form names, if it exists and the form passes
@@ -536,47 +588,12 @@ pub async fn login(
             );
         }
     };
-    // A new session id at login (no fixation).
-    let session_id = random_id(32);
-    let session = LoginSession {
-        sub: user.username.clone(),
-        auth_time: now_secs(),
-    };
-    let ttl = sso.config.session.ttl.0;
-    if sso
-        .store
-        .put(
-            &format!("session:{}", digest(&session_id)),
-            &serde_json::to_value(&session).unwrap_or_default(),
-            ttl,
-        )
-        .await
-        .is_err()
-    {
-        return sso.message_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Try again later",
-            "Sign-in is unavailable right now.",
-        );
-    }
     audit(
-        json!({ "event": "login", "sub": session.sub, "client_id": client.client_id,
+        json!({ "event": "login", "sub": user.username, "client_id": client.client_id,
         "ip": peer.ip().to_string() }),
     );
-    let mut response = if sso.consented(&session.sub, &client, &pending.scope).await {
-        let _ = sso
-            .store
-            .delete(&format!("pending:{}", digest(&form.request)))
-            .await;
-        sso.complete(&pending, &session).await
-    } else {
-        sso.consent_form(&form.request, &pending, &client)
-    };
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        sso.cookie(&sso.config.session.cookie, &session_id, ttl.as_secs()),
-    );
-    response
+    sso.signed_in(&user.username, Some((&form.request, &pending, &client)))
+        .await
 }
 
 #[derive(Deserialize)]
@@ -711,7 +728,7 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
 }
 
 /// A cookie's value from the request.
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

@@ -31,6 +31,8 @@ pub struct TokenRequest {
     pub redirect_uri: Option<String>,
     pub code_verifier: Option<String>,
     pub refresh_token: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 /// A refresh token's record.
@@ -74,6 +76,7 @@ impl Sso {
     pub async fn token(
         &self,
         headers: &axum::http::HeaderMap,
+        peer: std::net::IpAddr,
         request: TokenRequest,
     ) -> Result<Value, OAuthError> {
         let client = self
@@ -88,6 +91,7 @@ impl Sso {
             Some("client_credentials") => self.client_credentials(&client, request).await,
             Some("authorization_code") => self.authorization_code(&client, request).await,
             Some("refresh_token") => self.refresh(&client, request).await,
+            Some("password") => self.password(&client, peer, request).await,
             Some(other) => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
@@ -235,6 +239,73 @@ impl Sso {
         .await
     }
 
+    /// The legacy resource-owner password grant: the same throttled check
+    /// as the login form.
+    async fn password(
+        &self,
+        client: &Client,
+        peer: std::net::IpAddr,
+        request: TokenRequest,
+    ) -> Result<Value, OAuthError> {
+        require_grant(client, GrantType::Password, "the password grant")?;
+        let (Some(username), Some(password)) = (&request.username, &request.password) else {
+            return Err(OAuthError::invalid_request(
+                "username and password are required",
+            ));
+        };
+        let requested = request.scope.as_deref().unwrap_or("openid");
+        let allowed = crate::flow::allowed_scopes(client);
+        if let Some(bad) = requested
+            .split(' ')
+            .find(|s| !s.is_empty() && !allowed.iter().any(|a| a == s))
+        {
+            return Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                format!("scope `{bad}` is not allowed"),
+            ));
+        }
+        let outcome = self
+            .users
+            .login(
+                self.store.as_ref(),
+                &self.config.login,
+                username.trim(),
+                password,
+                Some(peer),
+            )
+            .await
+            .map_err(store_error)?;
+        let user = match outcome {
+            Ok(user) => user,
+            Err(refused) => {
+                audit(json!({ "event": "login_failed", "grant": "password",
+                    "client_id": client.client_id, "username_digest": digest(username.trim()),
+                    "ip": peer.to_string() }));
+                return Err(match refused {
+                    crate::users::LoginRefused::Locked(_) => OAuthError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "invalid_grant",
+                        "too many failed attempts; try again later",
+                    ),
+                    crate::users::LoginRefused::Invalid => {
+                        invalid_grant("wrong user name or password")
+                    }
+                });
+            }
+        };
+        let lifetimes = client.lifetimes(&self.config.defaults);
+        let record = RefreshRecord {
+            family: random_id(16),
+            client_id: client.client_id.clone(),
+            sub: user.username.clone(),
+            scope: requested.to_owned(),
+            auth_time: now_secs(),
+            expires_at: now_secs() + lifetimes.refresh_token_ttl.0.as_secs(),
+        };
+        self.issue_for_user(client, &record, None, "password").await
+    }
+
     async fn refresh(&self, client: &Client, request: TokenRequest) -> Result<Value, OAuthError> {
         require_grant(client, GrantType::RefreshToken, "refresh_token")?;
         let token = request
@@ -310,7 +381,7 @@ impl Sso {
         nonce: Option<&str>,
         grant: &str,
     ) -> Result<Value, OAuthError> {
-        let user = self.users.get(&record.sub);
+        let user = self.users.get(self.store.as_ref(), &record.sub).await;
         let (roles, groups) = user
             .as_ref()
             .map(|u| (u.roles.clone(), u.groups.clone()))

@@ -100,7 +100,7 @@ impl Sso {
             ));
         }
         let mut info = json!({ "sub": sub });
-        if let Some(user) = self.users.get(sub) {
+        if let Some(user) = self.users.get(self.store.as_ref(), sub).await {
             add_profile_claims(&mut info, &user, &scopes);
         }
         Ok(info)

@@ -5,6 +5,7 @@
 //! - `clients`: client authentication, argon2id-hashed secrets;
 //! - `users`: users and throttled password checks;
 //! - `flow`: `/authorize`, login and consent forms, logout;
+//! - `register`: self-service registration (closed, open, invite-only);
 //! - `grants`: the token endpoint (code + PKCE, refresh with rotation and
 //!   reuse detection, client credentials);
 //! - `introspect`: userinfo, introspection, revocation;
@@ -18,6 +19,7 @@ mod grants;
 mod introspect;
 mod keys;
 mod oauth;
+mod register;
 mod store;
 mod users;
 
@@ -190,6 +192,7 @@ fn templates() -> Result<minijinja::Environment<'static>, minijinja::Error> {
     env.add_template("login.html", include_str!("../templates/login.html"))?;
     env.add_template("consent.html", include_str!("../templates/consent.html"))?;
     env.add_template("message.html", include_str!("../templates/message.html"))?;
+    env.add_template("register.html", include_str!("../templates/register.html"))?;
     Ok(env)
 }
 
@@ -206,6 +209,10 @@ fn router(state: Shared) -> Router {
         .route(&format!("{base}/authorize"), get(flow::authorize))
         .route(&format!("{base}/login"), post(flow::login))
         .route(&format!("{base}/consent"), post(flow::consent))
+        .route(
+            &format!("{base}/register"),
+            get(register::page).post(register::submit),
+        )
         .route(
             &format!("{base}/end_session"),
             get(flow::end_session).post(flow::end_session_post),
@@ -233,6 +240,14 @@ fn no_store(mut response: Response) -> Response {
 }
 
 async fn discovery(State(sso): State<Shared>) -> Response {
+    // The legacy password grant is announced only when a client has it.
+    let mut grant_types = vec!["authorization_code", "refresh_token", "client_credentials"];
+    if sso.config.clients.iter().any(|c| {
+        c.grants()
+            .contains(&portcullis_config::sso::GrantType::Password)
+    }) {
+        grant_types.push("password");
+    }
     let algorithm = match sso.config.keys.algorithm {
         portcullis_config::sso::SigningAlgorithm::ES256 => "ES256",
         portcullis_config::sso::SigningAlgorithm::EdDSA => "EdDSA",
@@ -249,7 +264,7 @@ async fn discovery(State(sso): State<Shared>) -> Response {
         "scopes_supported": ["openid", "profile", "email", "roles", "offline_access"],
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "grant_types_supported": grant_types,
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
@@ -276,10 +291,11 @@ async fn jwks(State(sso): State<Shared>) -> Response {
 
 async fn token(
     State(sso): State<Shared>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(request): Form<grants::TokenRequest>,
 ) -> Response {
-    match sso.token(&headers, request).await {
+    match sso.token(&headers, peer.ip(), request).await {
         Ok(body) => no_store(Json(body).into_response()),
         Err(e) => {
             audit(json!({ "event": "token_refused", "error": e.code }));

@@ -15,9 +15,21 @@ use crate::clients::{hash_secret, verify_secret};
 use crate::keys::now_secs;
 use crate::store::{Store, StoreError};
 
+/// Users of the file (read-only) and users who registered themselves (in
+/// the store: memory, or Redis for several replicas).
 pub struct Users {
     by_name: HashMap<String, Arc<User>>,
     decoy_hash: String,
+}
+
+/// Registered users never expire; Redis needs some TTL, so a century.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Why a registration was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterRefused {
+    Taken,
+    Invalid(&'static str),
 }
 
 /// Why a login did not succeed; the page shows the same words for both.
@@ -40,8 +52,44 @@ impl Users {
         }
     }
 
-    pub fn get(&self, username: &str) -> Option<Arc<User>> {
-        self.by_name.get(username).cloned()
+    /// A user of the file, else a registered one.
+    pub async fn get(&self, store: &dyn Store, username: &str) -> Option<Arc<User>> {
+        if let Some(user) = self.by_name.get(username) {
+            return Some(user.clone());
+        }
+        let value = store.get(&user_key(username)).await.ok()??;
+        serde_json::from_value(value).ok().map(Arc::new)
+    }
+
+    /// Creates an account; the name is taken atomically (`put_new`), so two
+    /// replicas cannot both create it.
+    pub async fn register(
+        &self,
+        store: &dyn Store,
+        user: User,
+    ) -> Result<Result<(), RegisterRefused>, StoreError> {
+        let name_ok = (3..=64).contains(&user.username.len())
+            && user
+                .username
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+        if !name_ok {
+            return Ok(Err(RegisterRefused::Invalid(
+                "User names are 3 to 64 letters, digits, dots, dashes, underscores or @.",
+            )));
+        }
+        if self.by_name.contains_key(&user.username) {
+            return Ok(Err(RegisterRefused::Taken));
+        }
+        let value = serde_json::to_value(&user).map_err(|e| StoreError(e.to_string()))?;
+        if store
+            .put_new(&user_key(&user.username), &value, FOREVER)
+            .await?
+        {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(RegisterRefused::Taken))
+        }
     }
 
     /// Checks a password under the throttle.
@@ -66,7 +114,7 @@ impl Users {
                 }
             }
         }
-        let user = self.get(username);
+        let user = self.get(store, username).await;
         let hash = user
             .as_ref()
             .map_or_else(|| self.decoy_hash.clone(), |u| u.password_hash.clone());
@@ -142,4 +190,8 @@ impl Users {
             .await?;
         Ok(seconds)
     }
+}
+
+fn user_key(username: &str) -> String {
+    format!("user:{username}")
 }

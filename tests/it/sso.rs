@@ -162,6 +162,14 @@ async fn client_credentials(
 
 /// Verifies a token against the SSO's JWKS, as a relying party would.
 async fn verify(sso: &SsoProcess, token: &str) -> (jsonwebtoken::Header, Value) {
+    verify_for(sso, token, "orders-api").await
+}
+
+async fn verify_for(
+    sso: &SsoProcess,
+    token: &str,
+    audience: &str,
+) -> (jsonwebtoken::Header, Value) {
     let jwks: Value = get_json(&sso.url("/jwks")).await;
     let header = jsonwebtoken::decode_header(token).unwrap();
     let kid = header.kid.clone().unwrap();
@@ -176,7 +184,7 @@ async fn verify(sso: &SsoProcess, token: &str) -> (jsonwebtoken::Header, Value) 
             .unwrap();
     let mut validation = Validation::new(Algorithm::ES256);
     validation.set_issuer(&[sso.issuer()]);
-    validation.set_audience(&["orders-api"]);
+    validation.set_audience(&[audience]);
     let data = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
     (header, data.claims)
 }
@@ -192,6 +200,8 @@ async fn client_credentials_tokens_with_per_client_lifetimes() {
     assert_eq!(discovery["issuer"], sso.issuer());
     assert_eq!(discovery["jwks_uri"], sso.url("/jwks"));
     assert_eq!(discovery["token_endpoint"], sso.url("/token"));
+    let closed = client().get(sso.url("/register")).send().await.unwrap();
+    assert_eq!(closed.status(), 404, "registration is closed by default");
 
     // client_secret_basic, a configured 2 h lifetime, RFC 9068 claims.
     let (status, body, headers) = client_credentials(
@@ -1068,4 +1078,200 @@ clients:
     assert!(kids(&current).len() <= 3, "{:?}", kids(&current));
     assert!(!kids(&current).contains(&signing_kids[0]));
     assert!(checks > 30);
+}
+
+async fn register(
+    browser: &Browser,
+    base: &str,
+    request: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let page = browser
+        .get(&format!("{base}/register?request={request}"))
+        .await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    let csrf = hidden(&html, "csrf");
+    let mut form: Vec<(&str, &str)> = vec![("request", request), ("csrf", &csrf)];
+    form.extend_from_slice(fields);
+    browser.post(&format!("{base}/register"), &form).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_open_invite_only_and_the_legacy_password_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let open_config = config().replace(
+        "users: { file: users.yaml }",
+        "users: { file: users.yaml, registration: open, registered_roles: [member] }",
+    ) + &format!(
+        "  - client_id: legacy
+    type: confidential
+    secret_hash: '{}'
+    grant_types: [password]
+",
+        hash("legacy-secret")
+    );
+    let sso = SsoProcess::start(dir.path(), &open_config, port).await;
+    let base = sso.issuer();
+    let carol = [
+        ("username", "carol"),
+        ("name", "Carol"),
+        ("email", "carol@example.com"),
+        ("password", "carol-password-1"),
+        ("confirm", "carol-password-1"),
+    ];
+
+    // Standalone registration signs the new user in.
+    let browser = Browser::default();
+    let created = register(&browser, &base, "", &carol).await;
+    assert_eq!(created.status(), 200);
+    assert!(browser.cookie_header().contains("portcullis_sso="));
+    // The same name again, a short password, mismatched passwords.
+    let again = register(&Browser::default(), &base, "", &carol).await;
+    assert_eq!(again.status(), 409);
+    assert!(again
+        .text()
+        .await
+        .unwrap()
+        .contains("That user name is taken."));
+    let mut short = carol;
+    short[0] = ("username", "dan");
+    short[3] = ("password", "short");
+    short[4] = ("confirm", "short");
+    assert_eq!(
+        register(&Browser::default(), &base, "", &short)
+            .await
+            .status(),
+        400
+    );
+    let taken_from_file = [("username", "alice"), carol[3], carol[4]];
+    assert_eq!(
+        register(&Browser::default(), &base, "", &taken_from_file)
+            .await
+            .status(),
+        409
+    );
+    // Without the CSRF cookie the form is refused.
+    let forged = Browser::http()
+        .post(format!("{base}/register"))
+        .form(&[
+            ("csrf", "x"),
+            ("username", "eve"),
+            ("password", "p"),
+            ("confirm", "p"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+
+    // Registration from an authorization request continues it.
+    let browser = Browser::default();
+    let (verifier, challenge) = pkce();
+    let login_page = browser
+        .get(&authorize_url(&base, &challenge))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(login_page.contains("Create an account"));
+    let request = hidden(&login_page, "request");
+    let mut erin = carol;
+    erin[0] = ("username", "erin");
+    let consent = register(&browser, &base, &request, &erin).await;
+    let html = consent.text().await.unwrap();
+    let code = code_from(
+        &browser
+            .post(
+                &format!("{base}/consent"),
+                &[
+                    ("request", &hidden(&html, "request")),
+                    ("csrf", &hidden(&html, "csrf")),
+                    ("decision", "allow"),
+                ],
+            )
+            .await,
+    );
+    let (status, tokens) = redeem(&base, &code, &verifier).await;
+    assert_eq!(status, 200, "{tokens}");
+    let (_, claims) = verify_for(&sso, tokens["access_token"].as_str().unwrap(), "web-ui").await;
+    assert_eq!(claims["sub"], "erin");
+    assert_eq!(claims["roles"], json!(["member"]));
+
+    // The legacy password grant, for the one client allowed it.
+    let grant = |client_id: &'static str, secret: &'static str, password: &'static str| {
+        client()
+            .post(format!("{base}/token"))
+            .basic_auth(client_id, Some(secret))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "carol"),
+                ("password", password),
+                ("scope", "openid profile"),
+            ])
+            .send()
+    };
+    let ok = grant("legacy", "legacy-secret", "carol-password-1")
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let body: Value = ok.json().await.unwrap();
+    assert!(body["id_token"].is_string());
+    let wrong = grant("legacy", "legacy-secret", "nope").await.unwrap();
+    assert_eq!(wrong.status(), 400);
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap()["error"],
+        "invalid_grant"
+    );
+    let not_allowed = grant("billing", "billing-secret", "carol-password-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        not_allowed.json::<Value>().await.unwrap()["error"],
+        "unauthorized_client"
+    );
+    let discovery = get_json(&sso.url("/.well-known/openid-configuration")).await;
+    assert!(discovery["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("password")));
+    drop(sso);
+
+    // Invite-only: a code works once.
+    let port = free_port();
+    let invite_config = config().replace(
+        "users: { file: users.yaml }",
+        "users: { file: users.yaml, registration: invite_only, invites: [INVITE-7f3a] }",
+    );
+    let sso = SsoProcess::start(dir.path(), &invite_config, port).await;
+    let base = sso.issuer();
+    let mut frank = carol;
+    frank[0] = ("username", "frank");
+    assert_eq!(
+        register(&Browser::default(), &base, "", &frank)
+            .await
+            .status(),
+        403
+    );
+    let with_invite: Vec<(&str, &str)> = frank
+        .iter()
+        .copied()
+        .chain([("invite", "INVITE-7f3a")])
+        .collect();
+    assert_eq!(
+        register(&Browser::default(), &base, "", &with_invite)
+            .await
+            .status(),
+        200
+    );
+    let mut gina: Vec<(&str, &str)> = with_invite.clone();
+    gina[0] = ("username", "gina");
+    assert_eq!(
+        register(&Browser::default(), &base, "", &gina)
+            .await
+            .status(),
+        403
+    );
 }
