@@ -290,7 +290,7 @@ async fn client_credentials_tokens_with_per_client_lifetimes() {
             "invalid_scope",
         ),
         (
-            vec![("grant_type", "password")],
+            vec![("grant_type", "urn:ietf:params:oauth:grant-type:device_code")],
             Some(("billing", "billing-secret")),
             400,
             "unsupported_grant_type",
