@@ -371,6 +371,10 @@ pub struct Client {
     /// confidential clients. Never the secret itself.
     #[serde(default)]
     pub secret_hash: Option<String>,
+    /// Public keys (JWKs) of a confidential client that authenticates with
+    /// `private_key_jwt` (RFC 7523) instead of (or besides) a secret.
+    #[serde(default)]
+    pub jwks: Vec<serde_json::Value>,
     /// Grants the client may use. Defaults: public clients
     /// `[authorization_code, refresh_token]`, confidential ones
     /// `[client_credentials]`.
@@ -482,9 +486,9 @@ impl Checker<'_> {
                 (ClientType::Public, Some(_)) => {
                     self.problem(at.child_key("secret_hash"), "a public client has no secret")
                 }
-                (ClientType::Confidential, None) => self.problem(
+                (ClientType::Confidential, None) if client.jwks.is_empty() => self.problem(
                     at.child_key("secret_hash"),
-                    "a confidential client needs `secret_hash` (portcullis sso hash-password)",
+                    "a confidential client needs `secret_hash` (portcullis sso hash-password) or `jwks`",
                 ),
                 (ClientType::Confidential, Some(hash)) if !hash.starts_with("$argon2id$") => self
                     .problem(
@@ -492,6 +496,14 @@ impl Checker<'_> {
                         "must be an argon2id hash (`$argon2id$...`), never the secret itself",
                     ),
                 _ => {}
+            }
+            for (j, jwk) in client.jwks.iter().enumerate() {
+                if jwk.get("kty").and_then(|k| k.as_str()).is_none() || jwk.get("d").is_some() {
+                    self.problem(
+                        at.child_key("jwks").child_index(j),
+                        "must be a public JWK (with `kty`, without private parts)",
+                    );
+                }
             }
             let grants = client.grants();
             if client.client_type == ClientType::Public

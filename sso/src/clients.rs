@@ -26,10 +26,127 @@ pub struct Clients {
     decoy_hash: String,
 }
 
+/// What a request to the token, introspection or revocation endpoint
+/// carries to authenticate its client.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientAuth<'a> {
+    pub client_id: Option<&'a str>,
+    pub client_secret: Option<&'a str>,
+    pub assertion_type: Option<&'a str>,
+    pub assertion: Option<&'a str>,
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Longest lifetime of a client assertion we accept.
+const MAX_ASSERTION_LIFETIME: u64 = 600;
+
 /// Credentials as the request presented them.
 pub struct Presented {
     pub client_id: String,
     pub secret: Option<String>,
+}
+
+impl crate::Sso {
+    /// Authenticates the client of a back-channel request: a signed JWT
+    /// (`private_key_jwt`, RFC 7523 §2.2), a secret (Basic or form), or
+    /// only its id for a public client.
+    pub async fn authenticate_client(
+        &self,
+        headers: &HeaderMap,
+        auth: ClientAuth<'_>,
+    ) -> Result<Arc<Client>, OAuthError> {
+        let Some(assertion) = auth.assertion else {
+            return self
+                .clients
+                .authenticate(headers, auth.client_id, auth.client_secret)
+                .await;
+        };
+        let failed = || OAuthError::invalid_client("client authentication failed");
+        if auth.assertion_type != Some(JWT_BEARER) {
+            return Err(OAuthError::invalid_client(
+                "unsupported client_assertion_type",
+            ));
+        }
+        if auth.client_secret.is_some() || headers.contains_key(http::header::AUTHORIZATION) {
+            return Err(OAuthError::invalid_client(
+                "use one client authentication method",
+            ));
+        }
+        // Which client: `sub` of the (not yet verified) assertion.
+        let unverified = assertion
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .ok_or_else(failed)?;
+        let client_id = unverified["sub"].as_str().ok_or_else(failed)?;
+        if auth.client_id.is_some_and(|id| id != client_id) {
+            return Err(OAuthError::invalid_client("client ids differ"));
+        }
+        let client = self.clients.get(client_id).ok_or_else(failed)?;
+        let header = jsonwebtoken::decode_header(assertion).map_err(|_| failed())?;
+        let key = client
+            .jwks
+            .iter()
+            .filter_map(|jwk| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(jwk.clone()).ok())
+            .find(|jwk| header.kid.is_none() || jwk.common.key_id == header.kid)
+            .ok_or_else(failed)?;
+        // Asymmetric algorithms only: a public key must never serve as an
+        // HMAC secret.
+        use jsonwebtoken::Algorithm::*;
+        if !matches!(
+            header.alg,
+            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 | ES256 | ES384 | EdDSA
+        ) {
+            return Err(failed());
+        }
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&key).map_err(|_| failed())?;
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_issuer(&[client_id]);
+        validation.sub = Some(client_id.to_owned());
+        let audiences = [
+            self.config.issuer.clone(),
+            self.endpoint("/token"),
+            self.endpoint("/introspect"),
+            self.endpoint("/revoke"),
+        ];
+        validation.set_audience(&audiences);
+        validation.set_required_spec_claims(&["iss", "sub", "aud", "exp"]);
+        validation.leeway = 30;
+        let claims = jsonwebtoken::decode::<serde_json::Value>(assertion, &decoding, &validation)
+            .map_err(|_| failed())?
+            .claims;
+        let now = crate::keys::now_secs();
+        let exp = claims["exp"].as_u64().unwrap_or(0);
+        if exp > now + MAX_ASSERTION_LIFETIME {
+            return Err(OAuthError::invalid_client("the assertion lives too long"));
+        }
+        // Single use: a captured assertion cannot be replayed.
+        let jti = claims["jti"]
+            .as_str()
+            .ok_or_else(|| OAuthError::invalid_client("the assertion needs a jti"))?;
+        let fresh = self
+            .store
+            .put_new(
+                &format!(
+                    "assertion:{}:{}",
+                    client.client_id,
+                    crate::store::digest(jti)
+                ),
+                &serde_json::json!(true),
+                std::time::Duration::from_secs(exp.saturating_sub(now) + 60),
+            )
+            .await
+            .map_err(|_| OAuthError::server_error("store unavailable"))?;
+        if !fresh {
+            return Err(OAuthError::invalid_client("the assertion was used before"));
+        }
+        Ok(client)
+    }
 }
 
 impl Clients {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use crate::clients::ClientAuth;
 use crate::flow::CodeGrant;
 use crate::keys::now_secs;
 use crate::oauth::{self, random_id, AccessClaims, OAuthError};
@@ -33,6 +34,8 @@ pub struct TokenRequest {
     pub refresh_token: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
 }
 
 /// A refresh token's record.
@@ -80,11 +83,14 @@ impl Sso {
         request: TokenRequest,
     ) -> Result<Value, OAuthError> {
         let client = self
-            .clients
-            .authenticate(
+            .authenticate_client(
                 headers,
-                request.client_id.as_deref(),
-                request.client_secret.as_deref(),
+                ClientAuth {
+                    client_id: request.client_id.as_deref(),
+                    client_secret: request.client_secret.as_deref(),
+                    assertion_type: request.client_assertion_type.as_deref(),
+                    assertion: request.client_assertion.as_deref(),
+                },
             )
             .await?;
         match request.grant_type.as_deref() {

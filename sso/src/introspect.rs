@@ -18,6 +18,8 @@ pub struct TokenForm {
     pub token_type_hint: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
 }
 
 impl Sso {
@@ -54,11 +56,14 @@ impl Sso {
         form: &'f TokenForm,
     ) -> Result<(std::sync::Arc<portcullis_config::sso::Client>, &'f str), OAuthError> {
         let client = self
-            .clients
-            .authenticate(
+            .authenticate_client(
                 headers,
-                form.client_id.as_deref(),
-                form.client_secret.as_deref(),
+                crate::clients::ClientAuth {
+                    client_id: form.client_id.as_deref(),
+                    client_secret: form.client_secret.as_deref(),
+                    assertion_type: form.client_assertion_type.as_deref(),
+                    assertion: form.client_assertion.as_deref(),
+                },
             )
             .await?;
         let token = form

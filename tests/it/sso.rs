@@ -1275,3 +1275,115 @@ async fn registration_open_invite_only_and_the_legacy_password_grant() {
         403
     );
 }
+
+/// `private_key_jwt` (RFC 7523): a client proves itself with a JWT signed
+/// by its own key; replays, foreign keys, wrong audiences and HMAC tricks
+/// are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_key_jwt_client_authentication() {
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwt");
+    let jwks: Value =
+        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/public-jwks.json")).unwrap())
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let config = config()
+        + &format!(
+            "  - client_id: signer
+    type: confidential
+    jwks: [{}, {}]
+",
+            jwks["rsa-a"], jwks["ec-p256"]
+        );
+    let sso = SsoProcess::start(dir.path(), &config, port).await;
+    let token_endpoint = sso.url("/token");
+    let pem = |name: &str| std::fs::read(format!("{FIXTURES}/{name}.pem")).unwrap();
+    let assertion = |alg: jsonwebtoken::Algorithm, key: &str, kid: &str, claims: Value| {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some(kid.into());
+        let key = match alg {
+            Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(&pem(key)).unwrap(),
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(&pem(key)).unwrap(),
+        };
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
+    let now = crate::support::unix_now();
+    let claims = |jti: &str| {
+        json!({ "iss": "signer", "sub": "signer", "aud": token_endpoint, "jti": jti,
+            "iat": now, "exp": now + 60 })
+    };
+    let post = |assertion: String| {
+        client()
+            .post(sso.url("/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &assertion),
+            ])
+            .send()
+    };
+    let good = assertion(Algorithm::RS256, "rsa-a", "rsa-a", claims("one"));
+    let ok = post(good.clone()).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let es = assertion(Algorithm::ES256, "ec-p256", "ec-p256", claims("two"));
+    assert_eq!(post(es).await.unwrap().status(), 200);
+
+    let mut wrong_aud = claims("three");
+    wrong_aud["aud"] = "https://elsewhere.example".into();
+    let mut expired = claims("four");
+    expired["exp"] = (now - 120).into();
+    let mut too_long = claims("five");
+    too_long["exp"] = (now + 3600).into();
+    let mut no_jti = claims("x");
+    no_jti.as_object_mut().unwrap().remove("jti");
+    let hmac = {
+        // The client's public key (its modulus text) as an HMAC secret.
+        let secret = jwks["rsa-a"]["n"].as_str().unwrap().as_bytes().to_vec();
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some("rsa-a".into());
+        jsonwebtoken::encode(
+            &header,
+            &claims("six"),
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .unwrap()
+    };
+    let cases = [
+        ("replayed", good),
+        (
+            "foreign key",
+            assertion(Algorithm::RS256, "rsa-b", "rsa-a", claims("seven")),
+        ),
+        (
+            "wrong audience",
+            assertion(Algorithm::RS256, "rsa-a", "rsa-a", wrong_aud),
+        ),
+        (
+            "expired",
+            assertion(Algorithm::RS256, "rsa-a", "rsa-a", expired),
+        ),
+        (
+            "lives too long",
+            assertion(Algorithm::RS256, "rsa-a", "rsa-a", too_long),
+        ),
+        (
+            "no jti",
+            assertion(Algorithm::RS256, "rsa-a", "rsa-a", no_jti),
+        ),
+        ("HS256 with the public key", hmac),
+        ("garbage", "a.b.c".to_owned()),
+    ];
+    for (name, assertion) in cases {
+        let response = post(assertion).await.unwrap();
+        assert_eq!(response.status(), 401, "{name}");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["error"],
+            "invalid_client",
+            "{name}"
+        );
+    }
+}
