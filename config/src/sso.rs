@@ -245,7 +245,7 @@ pub struct Keys {
     /// Relative to the config file. Defaults to `keys`.
     #[serde(default = "default_keys_dir")]
     pub dir: String,
-    /// `ES256` (default) or `EdDSA`.
+    /// `ES256` (default), `RS256` or `EdDSA`.
     #[serde(default)]
     pub algorithm: SigningAlgorithm,
     /// A new key signs after this long. Defaults to 30d.
@@ -284,6 +284,8 @@ fn default_publish_ahead() -> Duration {
 pub enum SigningAlgorithm {
     #[default]
     ES256,
+    /// For relying parties that know nothing else (2048-bit keys).
+    RS256,
     EdDSA,
 }
 

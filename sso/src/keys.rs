@@ -19,7 +19,10 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use portcullis_config::sso::SigningAlgorithm;
 use ring::rand::SystemRandom;
-use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use ring::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, RsaPublicKeyComponents,
+    ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -49,6 +52,7 @@ struct KeyMeta {
 /// an ES256 access token 20.4 → 13.0 µs, EdDSA 32.5 → 17.3 µs).
 enum Signer {
     Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
     Ed25519(Ed25519KeyPair),
 }
 
@@ -72,6 +76,17 @@ impl SigningKey {
                 .sign(&SystemRandom::new(), message)
                 .map(|s| s.as_ref().to_vec())
                 .map_err(|e| KeyError::Generate(e.to_string())),
+            Signer::Rsa(pair) => {
+                let mut signature = vec![0u8; pair.public().modulus_len()];
+                pair.sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    message,
+                    &mut signature,
+                )
+                .map_err(|e| KeyError::Generate(e.to_string()))?;
+                Ok(signature)
+            }
             Signer::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
         }
     }
@@ -258,13 +273,27 @@ impl KeyStore {
             SigningAlgorithm::ES256 => (
                 "ES256",
                 EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                    .map_err(|e| KeyError::Generate(e.to_string()))?,
+                    .map_err(|e| KeyError::Generate(e.to_string()))?
+                    .as_ref()
+                    .to_vec(),
             ),
             SigningAlgorithm::EdDSA => (
                 "EdDSA",
                 Ed25519KeyPair::generate_pkcs8(&rng)
-                    .map_err(|e| KeyError::Generate(e.to_string()))?,
+                    .map_err(|e| KeyError::Generate(e.to_string()))?
+                    .as_ref()
+                    .to_vec(),
             ),
+            SigningAlgorithm::RS256 => {
+                // ring signs with RSA but does not generate keys.
+                use rsa::pkcs8::EncodePrivateKey;
+                let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+                    .map_err(|e| KeyError::Generate(e.to_string()))?;
+                let der = key
+                    .to_pkcs8_der()
+                    .map_err(|e| KeyError::Generate(e.to_string()))?;
+                ("RS256", der.as_bytes().to_vec())
+            }
         };
         let mut id = [0u8; 12];
         ring::rand::SecureRandom::fill(&rng, &mut id)
@@ -358,6 +387,24 @@ fn load_key(kid: &str, meta: &KeyMeta, pem: &str) -> Result<SigningKey, String> 
                 signer: Signer::Ecdsa(pair),
             })
         }
+        "RS256" => {
+            let pair =
+                RsaKeyPair::from_pkcs8(&der).map_err(|e| format!("not an RSA PKCS#8 key: {e}"))?;
+            if pair.public().modulus_len() < 256 {
+                return Err("RSA keys must have at least 2048 bits".into());
+            }
+            let components = RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
+            let (n, e) = (b64(&components.n), b64(&components.e));
+            Ok(SigningKey {
+                kid: kid.into(),
+                algorithm: Algorithm::RS256,
+                signs_from: meta.signs_from,
+                decoding: DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?,
+                jwk: json!({ "kty": "RSA", "n": n, "e": e,
+                    "kid": kid, "alg": "RS256", "use": "sig" }),
+                signer: Signer::Rsa(pair),
+            })
+        }
         "EdDSA" => {
             let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
                 .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
@@ -424,6 +471,68 @@ mod tests {
         // Another process on the same directory loads the same keys.
         let again = KeyStore::open(dir.path(), schedule()).unwrap();
         assert_eq!(again.signing_key(t0 + 130).unwrap().kid, second);
+    }
+
+    #[test]
+    fn every_algorithm_signs_tokens_relying_parties_verify_from_jwks() {
+        for algorithm in [
+            SigningAlgorithm::ES256,
+            SigningAlgorithm::RS256,
+            SigningAlgorithm::EdDSA,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::open(
+                dir.path(),
+                Schedule {
+                    algorithm,
+                    ..schedule()
+                },
+            )
+            .unwrap();
+            let audience = vec!["api".to_owned()];
+            let signed = crate::oauth::sign_access_token(
+                &store,
+                &crate::oauth::AccessClaims {
+                    issuer: "https://sso.example.com",
+                    subject: "s",
+                    audience: &audience,
+                    client_id: "c",
+                    scope: "",
+                    roles: &[],
+                    groups: &[],
+                    lifetime: 60,
+                },
+            )
+            .unwrap();
+            let jwks = store.jwks();
+            let jwk: jsonwebtoken::jwk::Jwk =
+                serde_json::from_value(jwks["keys"][0].clone()).unwrap();
+            let key = DecodingKey::from_jwk(&jwk).unwrap();
+            let header = jsonwebtoken::decode_header(&signed.token).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(header.alg);
+            validation.set_audience(&["api"]);
+            let claims = jsonwebtoken::decode::<Value>(&signed.token, &key, &validation)
+                .unwrap_or_else(|e| panic!("{algorithm:?}: {e}"))
+                .claims;
+            assert_eq!(claims["sub"], "s");
+            assert!(crate::oauth::verify_own(
+                &store,
+                "https://sso.example.com",
+                &signed.token,
+                false
+            )
+            .is_some());
+            // Loaded again from the directory: the same key.
+            let again = KeyStore::open(
+                dir.path(),
+                Schedule {
+                    algorithm,
+                    ..schedule()
+                },
+            )
+            .unwrap();
+            assert_eq!(again.jwks()["keys"][0], jwks["keys"][0]);
+        }
     }
 
     #[test]

@@ -250,6 +250,7 @@ async fn discovery(State(sso): State<Shared>) -> Response {
     }
     let algorithm = match sso.config.keys.algorithm {
         portcullis_config::sso::SigningAlgorithm::ES256 => "ES256",
+        portcullis_config::sso::SigningAlgorithm::RS256 => "RS256",
         portcullis_config::sso::SigningAlgorithm::EdDSA => "EdDSA",
     };
     Json(json!({
