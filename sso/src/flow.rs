@@ -365,6 +365,25 @@ impl Sso {
     }
 }
 
+/// Authorization endpoint (code flow with PKCE S256). Shows the login and
+/// consent pages; redirects to the client's registered redirect URI.
+#[utoipa::path(get, path = "/authorize", tag = "oidc",
+    params(
+        ("response_type" = String, Query, description = "`code`"),
+        ("client_id" = String, Query),
+        ("redirect_uri" = String, Query, description = "Exactly as registered"),
+        ("scope" = Option<String>, Query),
+        ("state" = Option<String>, Query),
+        ("nonce" = Option<String>, Query),
+        ("code_challenge" = Option<String>, Query, description = "Required for public clients"),
+        ("code_challenge_method" = Option<String>, Query, description = "`S256`"),
+        ("prompt" = Option<String>, Query, description = "`login`, `none`"),
+        ("max_age" = Option<u64>, Query),
+    ),
+    responses(
+        (status = 200, description = "The login or consent page", content_type = "text/html"),
+        (status = 303, description = "Back to the client with `code`, `state` and `iss`, or an error"),
+        (status = 400, description = "Unknown client or unregistered redirect URI: an error page, never a redirect", content_type = "text/html")))]
 pub async fn authorize(
     State(sso): State<Shared>,
     headers: HeaderMap,
@@ -657,6 +676,17 @@ pub struct EndSessionQuery {
 
 /// RP-initiated logout 1.0: ends the session; redirects only to a URI the
 /// client registered.
+#[utoipa::path(get, path = "/end_session", tag = "oidc",
+    params(
+        ("id_token_hint" = Option<String>, Query),
+        ("post_logout_redirect_uri" = Option<String>, Query, description = "Must be registered for the client"),
+        ("client_id" = Option<String>, Query),
+        ("state" = Option<String>, Query),
+    ),
+    responses(
+        (status = 303, description = "To the registered post-logout URI"),
+        (status = 200, description = "Signed-out page", content_type = "text/html"),
+        (status = 400, description = "Unregistered post-logout URI: an error page, never a redirect", content_type = "text/html")))]
 pub async fn end_session(
     State(sso): State<Shared>,
     headers: HeaderMap,

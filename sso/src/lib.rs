@@ -13,6 +13,7 @@
 //!
 //! Every endpoint sits under the issuer's path.
 
+mod api_doc;
 mod clients;
 mod flow;
 mod grants;
@@ -205,6 +206,7 @@ fn router(state: Shared) -> Router {
             get(discovery),
         )
         .route(&format!("{base}/jwks"), get(jwks))
+        .route(&format!("{base}/openapi.json"), get(openapi))
         .route(&format!("{base}/token"), post(token))
         .route(&format!("{base}/authorize"), get(flow::authorize))
         .route(&format!("{base}/login"), post(flow::login))
@@ -239,6 +241,9 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
+/// OpenID Provider metadata (OIDC Discovery 1.0).
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oidc",
+    responses((status = 200, description = "Provider metadata", body = Object)))]
 async fn discovery(State(sso): State<Shared>) -> Response {
     // The legacy password grant is announced only when a client has it.
     let mut grant_types = vec!["authorization_code", "refresh_token", "client_credentials"];
@@ -280,6 +285,14 @@ async fn discovery(State(sso): State<Shared>) -> Response {
     .into_response()
 }
 
+async fn openapi(State(sso): State<Shared>) -> Response {
+    Json(api_doc::document(&sso.config.issuer)).into_response()
+}
+
+/// The published signing keys: the current, the next (published ahead)
+/// and retired ones whose tokens have not expired. Cache for `max-age`.
+#[utoipa::path(get, path = "/jwks", tag = "oidc",
+    responses((status = 200, description = "JWK Set", body = Object)))]
 async fn jwks(State(sso): State<Shared>) -> Response {
     // Relying parties may cache for this long; rotation publishes the next
     // key `publish_ahead` earlier, so a cached set always has it in time.
@@ -291,6 +304,14 @@ async fn jwks(State(sso): State<Shared>) -> Response {
     response
 }
 
+/// Token endpoint.
+#[utoipa::path(post, path = "/token", tag = "oidc",
+    request_body(content = crate::api_doc::TokenRequestForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Tokens", body = crate::api_doc::TokenResponse),
+        (status = 400, description = "invalid_grant, invalid_request, invalid_scope, unauthorized_client, unsupported_grant_type", body = crate::api_doc::OAuthErrorBody),
+        (status = 401, description = "invalid_client", body = crate::api_doc::OAuthErrorBody)),
+    security(("basic" = []), ()))]
 async fn token(
     State(sso): State<Shared>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
@@ -306,6 +327,12 @@ async fn token(
     }
 }
 
+/// The user's claims for an access token with the `openid` scope.
+#[utoipa::path(get, path = "/userinfo", tag = "oidc",
+    responses(
+        (status = 200, description = "Claims", body = Object),
+        (status = 401, description = "Not an active token", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
 async fn userinfo(State(sso): State<Shared>, headers: HeaderMap) -> Response {
     match sso.userinfo(&headers).await {
         Ok(body) => no_store(Json(body).into_response()),
@@ -321,6 +348,13 @@ async fn userinfo(State(sso): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
+/// Token introspection (RFC 7662), for authenticated clients.
+#[utoipa::path(post, path = "/introspect", tag = "oidc",
+    request_body(content = crate::api_doc::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "`active` and the token's claims", body = crate::api_doc::IntrospectionResponse),
+        (status = 401, description = "invalid_client", body = crate::api_doc::OAuthErrorBody)),
+    security(("basic" = []), ()))]
 async fn introspect(
     State(sso): State<Shared>,
     headers: HeaderMap,
@@ -332,6 +366,13 @@ async fn introspect(
     }
 }
 
+/// Token revocation (RFC 7009): a refresh token revokes its whole grant.
+#[utoipa::path(post, path = "/revoke", tag = "oidc",
+    request_body(content = crate::api_doc::TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Revoked (or unknown)"),
+        (status = 401, description = "invalid_client", body = crate::api_doc::OAuthErrorBody)),
+    security(("basic" = []), ()))]
 async fn revoke(
     State(sso): State<Shared>,
     headers: HeaderMap,

@@ -810,10 +810,11 @@ async fn openidconnect_crate_happy_path() {
     address: 127.0.0.1:{{PORT}}
     tls: {{ certificates: [{{ cert: '{0}/sso.crt', key: '{0}/sso.key' }}] }}
 admin: {{ address: 127.0.0.1:{{ADMIN}} }}
+portal: {{ enabled: true, refresh_interval: 500ms }}
 upstreams:
   sso: {{ targets: ['127.0.0.1:{port}'] }}
 routes:
-  - {{ name: sso, match: {{ path_prefix: /sso }}, upstream: sso }}
+  - {{ name: sso, match: {{ path_prefix: /sso }}, upstream: sso, openapi: /sso/openapi.json }}
 ",
         dir.path().display()
     ))
@@ -979,6 +980,26 @@ routes:
         response.headers()["location"],
         "http://127.0.0.1:1/logged-out?state=bye"
     );
+
+    // The SSO's own API document (utoipa) is valid, and the gateway's
+    // portal merges it under the route like any backend's.
+    let own = http.get(url_of("/openapi.json")).send().await.unwrap();
+    let own = own.bytes().await.unwrap();
+    crate::support::assert_valid_openapi(&own, "the SSO's document");
+    let portal = format!("https://sso.test:{}/openapi.json", gateway.port);
+    let merged = eventually(Duration::from_secs(10), || async {
+        let doc: Value = http
+            .get(&portal)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        doc.pointer("/paths/~1sso~1token/post").is_some()
+    })
+    .await;
+    assert!(merged, "the portal shows the SSO's endpoints under /sso");
 }
 
 /// Rotation seen by a relying party that caches JWKS for the `max-age` the
