@@ -58,6 +58,13 @@ enum SsoCommand {
     /// Read a password or client secret from stdin and print its argon2id
     /// hash, for `secret_hash` and the users file.
     HashPassword,
+    /// Validate an SSO config file (and its users file) and exit: 0 valid,
+    /// 2 invalid.
+    Check {
+        /// SSO config file (YAML).
+        #[arg(short, long, env = "PORTCULLIS_SSO_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +161,19 @@ fn main() -> ExitCode {
             }
         }
         Command::Sso {
+            command: Some(SsoCommand::Check { config }),
+            ..
+        } => match check_sso(&config) {
+            Ok(summary) => {
+                println!("{}: ok ({summary})", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        },
+        Command::Sso {
             config: None,
             command: None,
         } => {
@@ -212,6 +232,18 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Loads an SSO config and its users file; a one-line summary.
+fn check_sso(path: &std::path::Path) -> Result<String, portcullis_config::LoadError> {
+    let config = portcullis_config::load_sso(path)?;
+    let users = match &config.users.file {
+        Some(file) => portcullis_config::load_users(&portcullis_config::resolve_path(path, file))?
+            .users
+            .len(),
+        None => 0,
+    };
+    Ok(format!("{} clients, {users} users", config.clients.len()))
 }
 
 /// Largest document `openapi merge` reads from a file or URL.

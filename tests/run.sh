@@ -36,8 +36,13 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # Every example config must pass `portcullis check` (also a test in tests/it/cli.rs).
 for example in config/examples/*.yaml deploy/compose-gateway.yaml; do
+  case "$example" in *sso*) continue ;; esac
   cargo run --quiet -- check -c "$example"
 done
+# The SSO example takes its hashes from the environment, as in production.
+BILLING_SECRET_HASH=$(echo ci-only-secret | cargo run --quiet -- sso hash-password) \
+ALICE_PASSWORD_HASH=$(echo ci-only-password | cargo run --quiet -- sso hash-password) \
+  cargo run --quiet -- sso check -c config/examples/sso.yaml
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
