@@ -57,6 +57,12 @@ pub struct SsoConfig {
     /// Lifetime of an authorization code (at most 60s). Defaults to 60s.
     #[serde(default = "default_code_ttl")]
     pub code_ttl: Duration,
+    /// Proxies (the gateway, the load balancer) whose `X-Forwarded-For` is
+    /// believed, so login throttling counts the client's address, not the
+    /// proxy's. Defaults to none.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 fn default_refresh_grace() -> Duration {

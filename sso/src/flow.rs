@@ -554,6 +554,7 @@ pub async fn login(
     let Some(client) = sso.clients.get(&pending.client_id) else {
         return sso.message_page(StatusCode::BAD_REQUEST, "Unknown application", "");
     };
+    let ip = sso.client_ip(peer.ip(), &headers);
     let username = form.username.trim();
     let outcome = sso
         .users
@@ -562,7 +563,7 @@ pub async fn login(
             &sso.config.login,
             username,
             &form.password,
-            Some(peer.ip()),
+            Some(ip),
         )
         .await;
     let user = match outcome {
@@ -580,7 +581,7 @@ pub async fn login(
             };
             audit(
                 json!({ "event": "login_failed", "client_id": client.client_id,
-                "username_digest": digest(username), "ip": peer.ip().to_string(),
+                "username_digest": digest(username), "ip": ip.to_string(),
                 "locked": matches!(refused, LoginRefused::Locked(_)) }),
             );
             let mut response = sso.login_form(
@@ -609,7 +610,7 @@ pub async fn login(
     };
     audit(
         json!({ "event": "login", "sub": user.username, "client_id": client.client_id,
-        "ip": peer.ip().to_string() }),
+        "ip": ip.to_string() }),
     );
     sso.signed_in(&user.username, Some((&form.request, &pending, &client)))
         .await

@@ -117,6 +117,13 @@ impl Sso {
         form: TokenForm,
     ) -> Result<Value, OAuthError> {
         let (client, token) = self.authenticated_token(headers, &form).await?;
+        // RFC 7662 §2.1: introspection is for authenticated clients; a public
+        // client proves nothing by naming itself.
+        if client.client_type == portcullis_config::sso::ClientType::Public {
+            return Err(OAuthError::invalid_client(
+                "introspection needs client authentication",
+            ));
+        }
         if form.token_type_hint.as_deref() != Some("refresh_token") {
             if let Some(claims) = self.active_access_token(token).await {
                 let mut out = json!({ "active": true, "token_type": "access_token" });

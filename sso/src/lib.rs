@@ -169,6 +169,14 @@ impl Sso {
         self.config.keys.publish_ahead.0.as_secs() / 4
     }
 
+    pub(crate) fn client_ip(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &HeaderMap,
+    ) -> std::net::IpAddr {
+        client_ip(&self.config.trusted_proxies, peer, headers)
+    }
+
     fn endpoint(&self, path: &str) -> String {
         format!("{}{path}", self.config.issuer)
     }
@@ -318,7 +326,8 @@ async fn token(
     headers: HeaderMap,
     Form(request): Form<grants::TokenRequest>,
 ) -> Response {
-    match sso.token(&headers, peer.ip(), request).await {
+    let ip = sso.client_ip(peer.ip(), &headers);
+    match sso.token(&headers, ip, request).await {
         Ok(body) => no_store(Json(body).into_response()),
         Err(e) => {
             audit(json!({ "event": "token_refused", "error": e.code }));
@@ -384,6 +393,32 @@ async fn revoke(
     }
 }
 
+/// The client's address: the peer, or — when the peer is a trusted proxy —
+/// the right-most address of `X-Forwarded-For` that is not one (addresses
+/// further left were written by the client and prove nothing).
+fn client_ip(
+    trusted_proxies: &[ipnet::IpNet],
+    peer: std::net::IpAddr,
+    headers: &HeaderMap,
+) -> std::net::IpAddr {
+    let trusted = |ip: &std::net::IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<std::net::IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted(ip))
+        .unwrap_or(peer)
+}
+
 /// One JSON line on stdout per security event; never a secret or a token.
 pub(crate) fn audit(mut event: serde_json::Value) {
     event["time"] = keys::now_secs().into();
@@ -410,6 +445,26 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("<script>"));
         assert!(html.contains("a &amp; b"));
+    }
+
+    #[test]
+    fn client_address_behind_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.1.1.1"),
+        );
+        let proxy: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let stranger: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        // The right-most untrusted hop, not what the client wrote first.
+        assert_eq!(
+            client_ip(&trusted, proxy, &headers).to_string(),
+            "203.0.113.9"
+        );
+        // An untrusted peer's header is ignored.
+        assert_eq!(client_ip(&trusted, stranger, &headers), stranger);
+        assert_eq!(client_ip(&[], proxy, &headers), proxy);
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub async fn submit(
             "The form was not sent from this page.",
         );
     }
+    let ip = sso.client_ip(peer.ip(), &headers);
     let refuse = |status: StatusCode, message: &str| {
         sso.register_form(
             status,
@@ -148,10 +149,7 @@ pub async fn submit(
     };
     let attempts = sso
         .store
-        .incr(
-            &format!("register:ip:{}", peer.ip()),
-            Duration::from_secs(3600),
-        )
+        .incr(&format!("register:ip:{ip}"), Duration::from_secs(3600))
         .await
         .unwrap_or(u64::MAX);
     if attempts > ATTEMPTS_PER_HOUR {
@@ -209,7 +207,7 @@ pub async fn submit(
             );
         }
     }
-    audit(json!({ "event": "registered", "sub": user.username, "ip": peer.ip().to_string() }));
+    audit(json!({ "event": "registered", "sub": user.username, "ip": ip.to_string() }));
     let pending = match form.request.as_str() {
         "" => None,
         id => sso.load_pending(id).await,

@@ -302,6 +302,14 @@ async fn client_credentials_tokens_with_per_client_lifetimes() {
             "invalid_request",
         ),
     ];
+    // A public client cannot introspect: naming itself proves nothing.
+    let introspect = client()
+        .post(sso.url("/introspect"))
+        .form(&[("client_id", "web-ui"), ("token", billing_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(introspect.status(), 401);
     for (i, (form, basic, status, error)) in cases.into_iter().enumerate() {
         let (got, body, headers) = client_credentials(&sso, &form, basic).await;
         assert_eq!(
