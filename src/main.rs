@@ -313,12 +313,15 @@ fn openapi_merge(
             // Refs into other files are bundled into OpenAPI 3 components.
             document = portcullis_openapi_merge::convert_swagger2(&document);
         }
-        portcullis_openapi_merge::bundle_external_refs(
+        let warnings = portcullis_openapi_merge::bundle_external_refs(
             name,
             &mut document,
             path,
             &mut |location: &str| read_location(location).map_err(|e| format!("{e:#}")),
         )?;
+        for warning in warnings {
+            eprintln!("portcullis openapi merge: warning: {warning}");
+        }
         inputs.push(portcullis_openapi_merge::Input {
             name: name.to_owned(),
             prefix: prefix.to_owned(),

@@ -32,22 +32,30 @@ struct Pending {
 }
 
 /// Resolves every external `$ref` of `doc`, which was read from `location`.
+///
+/// A ref that cannot be resolved (a file that is missing or unreadable, a
+/// pointer to nothing) is left as it is and named in the returned warnings:
+/// published specs often point at example files that are not published
+/// with them, and one missing example must not make the service's document
+/// unusable.
 pub fn bundle_external_refs(
     input: &str,
     doc: &mut Value,
     location: &str,
     load: &mut Loader<'_>,
-) -> Result<(), MergeError> {
+) -> Result<Vec<String>, MergeError> {
     let mut external = Vec::new();
     collect_external(doc, location, &mut external);
     if external.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut bundler = Bundler {
         input,
         load,
         documents: BTreeMap::new(),
         imported: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        warnings: Vec::new(),
     };
     let mut components = doc
         .get_mut("components")
@@ -73,7 +81,7 @@ pub fn bundle_external_refs(
     if let Some(root) = doc.as_object_mut() {
         root.insert("components".into(), components);
     }
-    Ok(())
+    Ok(bundler.warnings)
 }
 
 struct Bundler<'l, 'a> {
@@ -82,6 +90,9 @@ struct Bundler<'l, 'a> {
     documents: BTreeMap<String, Value>,
     /// `file#pointer` → (kind, name) in the bundled document.
     imported: BTreeMap<String, (String, String)>,
+    /// Documents that could not be read or parsed, and why.
+    failed: BTreeMap<String, String>,
+    warnings: Vec<String>,
 }
 
 impl Bundler<'_, '_> {
@@ -91,9 +102,12 @@ impl Bundler<'_, '_> {
         absolute: &str,
         components: &mut Value,
         pending: &mut Vec<Pending>,
-    ) -> Result<String, MergeError> {
+    ) -> Result<Option<String>, MergeError> {
         if let Some((kind, name)) = self.imported.get(absolute) {
-            return Ok(format!("#/components/{kind}/{}", escape_pointer(name)));
+            return Ok(Some(format!(
+                "#/components/{kind}/{}",
+                escape_pointer(name)
+            )));
         }
         let (file, pointer) = absolute.split_once('#').unwrap_or((absolute, ""));
         let invalid = |message: String| MergeError::Invalid {
@@ -101,22 +115,42 @@ impl Bundler<'_, '_> {
             pointer: format!("$ref {absolute}"),
             message,
         };
-        if !self.documents.contains_key(file) {
+        if !self.documents.contains_key(file) && !self.failed.contains_key(file) {
             if self.documents.len() >= MAX_DOCUMENTS {
                 return Err(invalid(format!(
                     "more than {MAX_DOCUMENTS} referenced documents"
                 )));
             }
-            let text = (self.load)(file).map_err(|e| invalid(format!("cannot read: {e}")))?;
-            let parsed = crate::parse(file, &text)?;
-            self.documents.insert(file.to_owned(), parsed);
+            let loaded = (self.load)(file)
+                .map_err(|e| format!("cannot read: {e}"))
+                .and_then(|text| crate::parse(file, &text).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(parsed) => {
+                    self.documents.insert(file.to_owned(), parsed);
+                }
+                Err(e) => {
+                    self.failed.insert(file.to_owned(), e);
+                }
+            }
         }
-        let value = self
-            .documents
-            .get(file)
-            .and_then(|d| d.pointer(pointer))
-            .cloned()
-            .ok_or_else(|| invalid("nothing at this pointer".into()))?;
+        let found = match (self.documents.get(file), self.failed.get(file)) {
+            (Some(document), _) => document
+                .pointer(pointer)
+                .cloned()
+                .ok_or_else(|| "nothing at this pointer".to_owned()),
+            (None, Some(why)) => Err(why.clone()),
+            (None, None) => Err("not loaded".to_owned()),
+        };
+        let value = match found {
+            Ok(value) => value,
+            Err(why) => {
+                self.warnings.push(format!(
+                    "{}: $ref {absolute}: {why}; left unresolved",
+                    self.input
+                ));
+                return Ok(None);
+            }
+        };
 
         let segments: Vec<String> = pointer
             .split('/')
@@ -155,7 +189,10 @@ impl Bundler<'_, '_> {
             name: name.clone(),
             value,
         });
-        Ok(format!("#/components/{kind}/{}", escape_pointer(&name)))
+        Ok(Some(format!(
+            "#/components/{kind}/{}",
+            escape_pointer(&name)
+        )))
     }
 }
 
@@ -198,7 +235,7 @@ fn rewrite_refs(
     value: &mut Value,
     base: &str,
     local_is_external: bool,
-    import: &mut dyn FnMut(&str) -> Result<String, MergeError>,
+    import: &mut dyn FnMut(&str) -> Result<Option<String>, MergeError>,
 ) -> Result<(), MergeError> {
     match value {
         Value::Object(map) => {
@@ -206,7 +243,9 @@ fn rewrite_refs(
                 match (key.as_str(), child) {
                     ("$ref", Value::String(reference)) => {
                         if local_is_external || !reference.starts_with('#') {
-                            *reference = import(&absolute_ref(base, reference))?;
+                            if let Some(local) = import(&absolute_ref(base, reference))? {
+                                *reference = local;
+                            }
                         }
                     }
                     (_, child) => rewrite_refs(child, base, local_is_external, import)?,

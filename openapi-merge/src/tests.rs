@@ -372,7 +372,8 @@ fn refs_into_other_files_are_bundled() {
             .map(Value::to_string)
             .ok_or_else(|| format!("no such file: {location}"))
     };
-    bundle_external_refs("pets", &mut doc, "specs/main.yaml", &mut load).unwrap();
+    let warnings = bundle_external_refs("pets", &mut doc, "specs/main.yaml", &mut load).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(
         *loads.borrow(),
         ["specs/models/pet.json", "specs/common.yaml"],
@@ -406,13 +407,16 @@ fn refs_into_other_files_are_bundled() {
     // The bundled document merges like any other.
     merge(vec![input("pets", "/pets", doc)], &Options::default()).unwrap();
 
+    // An unresolvable ref stays as it is, and is reported.
     let mut broken = spec(
         json!({"/x": {"get": {"responses": {"200": {"$ref": "missing.yaml#/r"}}}}}),
         json!({}),
     );
-    let error = bundle_external_refs("svc", &mut broken, "main.yaml", &mut load).unwrap_err();
+    let before = broken.clone();
+    let warnings = bundle_external_refs("svc", &mut broken, "main.yaml", &mut load).unwrap();
     assert_eq!(
-        error.to_string(),
-        "svc: $ref missing.yaml#/r: cannot read: no such file: missing.yaml"
+        warnings,
+        ["svc: $ref missing.yaml#/r: cannot read: no such file: missing.yaml; left unresolved"]
     );
+    assert_eq!(broken["paths"], before["paths"]);
 }
