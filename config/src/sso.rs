@@ -57,12 +57,52 @@ pub struct SsoConfig {
     /// Lifetime of an authorization code (at most 60s). Defaults to 60s.
     #[serde(default = "default_code_ttl")]
     pub code_ttl: Duration,
+    /// Bounds on what a client may take.
+    #[serde(default)]
+    pub limits: SsoLimits,
     /// Proxies (the gateway, the load balancer) whose `X-Forwarded-For` is
     /// believed, so login throttling counts the client's address, not the
     /// proxy's. Defaults to none.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SsoLimits {
+    /// Longest time to send a request head (slow clients). Defaults to 10s.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Duration,
+    /// Longest time for a whole request, body included; then 408.
+    /// Defaults to 15s.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// Most connections served at once. Defaults to 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for SsoLimits {
+    fn default() -> Self {
+        SsoLimits {
+            header_read_timeout: default_header_read_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+
+const fn default_max_connections() -> usize {
+    10_000
 }
 
 fn default_refresh_grace() -> Duration {

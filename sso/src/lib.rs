@@ -122,13 +122,78 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
         "portcullis sso: issuer {} on {address}",
         state.config.issuer
     );
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    let limits = state.config.limits.clone();
+    serve_connections(listener, router(state), &limits).await;
     Ok(())
+}
+
+/// On SIGTERM, how long open requests may take to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// hyper directly rather than `axum::serve`, for what axum does not offer:
+/// a deadline on the request head, a connection limit, and a drain on
+/// SIGTERM bounded in time.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: &portcullis_config::sso::SsoLimits,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
+    // Beyond the limit, connections wait in the kernel's backlog.
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(64 * 1024);
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(request)
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!("portcullis sso: requests still open after {DRAIN_TIMEOUT:?}; exiting");
+    }
 }
 
 /// Signed tokens live at most this long: how long a retired key stays in JWKS.
@@ -231,6 +296,10 @@ fn router(state: Shared) -> Router {
         .route(&format!("{base}/introspect"), post(introspect))
         .route(&format!("{base}/revoke"), post(revoke))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.config.limits.request_timeout.0,
+        ))
         .with_state(state)
 }
 

@@ -1416,3 +1416,64 @@ async fn private_key_jwt_client_authentication() {
         );
     }
 }
+
+/// A client that sends its request head a byte at a time is cut off by the
+/// header deadline; SIGTERM ends the process cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_sigterm_exits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let config = config() + "limits: { header_read_timeout: 1s }\n";
+    let mut sso = SsoProcess::start(dir.path(), &config, port).await;
+
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let head = b"GET /sso/jwks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+    let mut closed = false;
+    for byte in head.iter().cycle().take(40) {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {
+                // hyper answers 408 before closing.
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(closed, "still open after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "cut off after {elapsed:?}"
+    );
+    // Other clients are unaffected.
+    assert_eq!(
+        client()
+            .get(sso.url("/jwks"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let pid = sso.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || sso.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
