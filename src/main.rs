@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+
 // pingora allocates per request (headers, buffers, tasks); glibc malloc was
 // ~10% of the gateway's CPU under load (perf, benches/load.sh), mimalloc
 // about a third of that.
@@ -38,6 +40,22 @@ enum Command {
     },
     /// Print the JSON Schema of the config file, for editors.
     Schema,
+    /// Run the gateway and the SSO together on loopback, on generated
+    /// configs and credentials: the docs portal, tokens, a protected route.
+    Demo {
+        /// The gateway's port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The gateway's admin port.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// The SSO's own port (it is also reachable through the gateway at /sso).
+        #[arg(long, default_value_t = 9000)]
+        sso_port: u16,
+        /// Where to write the configs and keys (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the OpenID Provider (`sso -c sso.yaml`), or its helpers.
     Sso {
         /// SSO config file (YAML).
@@ -195,6 +213,25 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis sso: {:#}", anyhow::Error::from(e));
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+        Command::Demo {
+            port,
+            admin_port,
+            sso_port,
+            dir,
+        } => {
+            let ports = demo::Ports {
+                gateway: port,
+                admin: admin_port,
+                sso: sso_port,
+            };
+            match demo::run(dir, &ports) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis demo: {e:#}");
                     ExitCode::from(EXIT_RUNTIME)
                 }
             }

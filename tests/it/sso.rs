@@ -35,13 +35,10 @@ impl SsoProcess {
             .spawn()
             .unwrap();
         let sso = SsoProcess { child, port };
-        let up = eventually(Duration::from_secs(15), || async {
-            client()
-                .get(sso.url("/.well-known/openid-configuration"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
+        let up = crate::support::answers_ok(
+            &sso.url("/.well-known/openid-configuration"),
+            Duration::from_secs(15),
+        )
         .await;
         assert!(
             up,

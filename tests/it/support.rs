@@ -620,3 +620,46 @@ pub async fn get_json(url: &str) -> serde_json::Value {
         .await
         .expect("JSON body")
 }
+
+/// Whether `GET url` answers 200 within `limit`.
+pub async fn answers_ok(url: &str, limit: Duration) -> bool {
+    eventually(limit, || async {
+        client()
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await
+}
+
+/// A child process killed and reaped when dropped (a failed assertion must
+/// not leave it running).
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits up to `limit` for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.0.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

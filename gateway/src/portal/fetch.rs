@@ -49,8 +49,14 @@ pub fn spawn_fetcher(
             let snapshot = shared.load_full();
             let interval = match &snapshot.portal {
                 Some(site) => {
-                    refresh(site, &snapshot).await;
-                    site.settings.refresh_interval.0
+                    let complete = refresh(site, &snapshot).await;
+                    // A service without any document yet (it may start after
+                    // the gateway) is tried again soon, not a whole interval later.
+                    if complete {
+                        site.settings.refresh_interval.0
+                    } else {
+                        site.settings.refresh_interval.0.min(MISSING_RETRY)
+                    }
                 }
                 None => Duration::from_secs(3600),
             };
@@ -62,8 +68,12 @@ pub fn spawn_fetcher(
     });
 }
 
-/// Fetches every service once, then republishes the merge.
-async fn refresh(site: &Site, snapshot: &Snapshot) {
+/// How soon a service with no document yet is asked again.
+const MISSING_RETRY: Duration = Duration::from_secs(2);
+
+/// Fetches every service once, then republishes the merge. True when every
+/// service has a document (fresh or last good).
+async fn refresh(site: &Site, snapshot: &Snapshot) -> bool {
     let portal = &site.portal;
     let requests = site.services.iter().map(|service| {
         let etag = {
@@ -110,6 +120,12 @@ async fn refresh(site: &Site, snapshot: &Snapshot) {
         }
     }
     portal.publish(site);
+    let sources = portal.sources.lock().unwrap_or_else(|e| e.into_inner());
+    site.services.iter().all(|service| {
+        sources
+            .get(&service.name)
+            .is_some_and(|s| s.document.is_some())
+    })
 }
 
 async fn fetch(
