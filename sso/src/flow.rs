@@ -673,6 +673,8 @@ pub struct EndSessionQuery {
     post_logout_redirect_uri: Option<String>,
     client_id: Option<String>,
     state: Option<String>,
+    /// Set by the confirmation form.
+    csrf: Option<String>,
 }
 
 /// RP-initiated logout 1.0: ends the session; redirects only to a URI the
@@ -734,6 +736,31 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
         (None, _) => None,
     };
     let session = sso.session(&headers).await;
+    // Without a valid ID token hint anyone's page could sign the user out
+    // (logout CSRF): ask first, with a form only this origin can submit.
+    let confirmed = query.csrf.as_deref().is_some_and(|csrf| {
+        let cookie = cookie_value(&headers, &sso.csrf_cookie_name()).unwrap_or_default();
+        !csrf.is_empty() && bool::from(cookie.as_bytes().ct_eq(csrf.as_bytes()))
+    });
+    if hint.is_none() && session.is_some() && !confirmed {
+        let csrf = random_id(24);
+        let mut response = sso.render(
+            "logout.html",
+            json!({
+                "action": format!("{}/end_session", sso.base_path),
+                "csrf": csrf,
+                "client_id": client.as_ref().map(|c| c.client_id.clone()),
+                "client_name": client.as_ref().map(|c| c.name.clone().unwrap_or_else(|| c.client_id.clone())),
+                "post_logout_redirect_uri": redirect,
+                "state": query.state,
+            }),
+        );
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            sso.cookie(&sso.csrf_cookie_name(), &csrf, PENDING_TTL.as_secs()),
+        );
+        return response;
+    }
     if let Some(id) = cookie_value(&headers, &sso.config.session.cookie) {
         let _ = sso.store.delete(&format!("session:{}", digest(&id))).await;
     }

@@ -267,6 +267,7 @@ fn templates() -> Result<minijinja::Environment<'static>, minijinja::Error> {
     env.add_template("consent.html", include_str!("../templates/consent.html"))?;
     env.add_template("message.html", include_str!("../templates/message.html"))?;
     env.add_template("register.html", include_str!("../templates/register.html"))?;
+    env.add_template("logout.html", include_str!("../templates/logout.html"))?;
     Ok(env)
 }
 

@@ -1474,3 +1474,68 @@ async fn slow_clients_are_cut_off_and_sigterm_exits() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Whether the browser's session answers an authorization at once.
+async fn signed_in(browser: &Browser, base: &str) -> bool {
+    let (_, challenge) = pkce();
+    browser.get(&authorize_url(base, &challenge)).await.status() == 303
+}
+
+/// Logout without an ID token hint asks first (no logout CSRF); the form's
+/// answer signs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_without_a_hint_asks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let sso = SsoProcess::start(dir.path(), &config(), port).await;
+    let base = sso.issuer();
+    let browser = Browser::default();
+    let consent = try_login(&browser, &base, "alice", "alice-password").await;
+    let html = consent.text().await.unwrap();
+    code_from(
+        &browser
+            .post(
+                &format!("{base}/consent"),
+                &[
+                    ("request", &hidden(&html, "request")),
+                    ("csrf", &hidden(&html, "csrf")),
+                    ("decision", "allow"),
+                ],
+            )
+            .await,
+    );
+    assert!(signed_in(&browser, &base).await);
+
+    // A page elsewhere linking to end_session gets a question, not a logout.
+    let question = browser.get(&format!("{base}/end_session")).await;
+    assert_eq!(question.status(), 200);
+    let page = question.text().await.unwrap();
+    assert!(page.contains("Sign out?"));
+    assert!(signed_in(&browser, &base).await, "still signed in");
+    // A forged answer (no matching cookie) changes nothing.
+    let forged = Browser::http()
+        .post(format!("{base}/end_session"))
+        .header(
+            "cookie",
+            browser
+                .cookie_header()
+                .replace("portcullis_sso_csrf=", "x="),
+        )
+        .form(&[("csrf", hidden(&page, "csrf").as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(forged.text().await.unwrap().contains("Sign out?"));
+    assert!(signed_in(&browser, &base).await, "still signed in");
+    // The user's own answer signs out.
+    let answer = browser
+        .post(
+            &format!("{base}/end_session"),
+            &[("csrf", &hidden(&page, "csrf"))],
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().contains("You are signed out."));
+    assert!(!signed_in(&browser, &base).await, "signed out");
+}
