@@ -271,6 +271,88 @@ pub struct Identity {
     /// gateway; public routes then say `auth: { mode: none }`.
     #[serde(default)]
     pub default_mode: AuthMode,
+    /// Browser login (OIDC authorization code + PKCE) with a session
+    /// cookie: a browser signs in once, and its session's access token is
+    /// checked on every route like a bearer token. Defaults to off.
+    #[serde(default)]
+    pub login: Option<BrowserLogin>,
+}
+
+/// The gateway as an OpenID Connect relying party for browsers.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrowserLogin {
+    /// The provider (of `identity.providers`) users sign in with; its
+    /// issuer's discovery document gives the endpoints. Required.
+    pub provider: String,
+    /// The gateway's client id at the provider. Required.
+    pub client_id: String,
+    /// Its client secret (`${ENV}`); without one the gateway is a public
+    /// client and relies on PKCE alone. Defaults to none.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// Scopes asked for. Defaults to `[openid]`.
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+    /// The gateway's public URL (`https://api.example.com`), for the
+    /// redirect URI. Defaults to the scheme and `Host` of the request.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Where the browser starts a login (`?rd=/path` to come back to).
+    /// Defaults to `/_auth/login`.
+    #[serde(default = "default_login_path")]
+    pub login_path: String,
+    /// The redirect URI's path, registered at the provider. Defaults to
+    /// `/_auth/callback`.
+    #[serde(default = "default_callback_path")]
+    pub callback_path: String,
+    /// Ends the session (and the provider's). Defaults to `/_auth/logout`.
+    #[serde(default = "default_logout_path")]
+    pub logout_path: String,
+    /// Where the provider sends the browser after logout (a path of the
+    /// gateway, registered at the provider). Defaults to none.
+    #[serde(default)]
+    pub post_logout_path: Option<String>,
+    /// The session cookie. Defaults to `portcullis_session`.
+    #[serde(default = "default_session_cookie")]
+    pub cookie: String,
+    /// Longest session. Defaults to 8h.
+    #[serde(default = "default_session_ttl")]
+    pub session_ttl: Duration,
+    /// `Secure` cookies; false only for local plain HTTP. Defaults to true.
+    #[serde(default = "default_true")]
+    pub secure_cookies: bool,
+    /// Most sessions kept (in memory). Defaults to 100000.
+    #[serde(default = "default_session_entries")]
+    pub max_sessions: u64,
+}
+
+fn default_login_scopes() -> Vec<String> {
+    vec!["openid".into()]
+}
+
+fn default_login_path() -> String {
+    "/_auth/login".into()
+}
+
+fn default_callback_path() -> String {
+    "/_auth/callback".into()
+}
+
+fn default_logout_path() -> String {
+    "/_auth/logout".into()
+}
+
+fn default_session_cookie() -> String {
+    "portcullis_session".into()
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+
+const fn default_session_entries() -> u64 {
+    100_000
 }
 
 impl Default for Identity {
@@ -286,6 +368,7 @@ impl Default for Identity {
             api_keys: Vec::new(),
             api_key_header: default_api_key_header(),
             default_mode: AuthMode::None,
+            login: None,
         }
     }
 }
@@ -526,6 +609,10 @@ pub struct RouteAuth {
     /// Allowed client ids (`client_id` or `azp` claim). Defaults to any.
     #[serde(default)]
     pub client_ids: Vec<String>,
+    /// A browser (`GET`, `Accept: text/html`) without credentials is sent
+    /// to `identity.login` instead of a 401. Defaults to false.
+    #[serde(default)]
+    pub login_redirect: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]

@@ -163,6 +163,34 @@ impl<'a> Checker<'a> {
 
     fn identity(&mut self, identity: &Identity) {
         let at = root().child_key("identity");
+        if let Some(login) = &identity.login {
+            let l_at = at.child_key("login");
+            if !identity.providers.iter().any(|p| p.name == login.provider) {
+                self.problem(
+                    l_at.child_key("provider"),
+                    format!("unknown provider `{}`", login.provider),
+                );
+            }
+            for (key, path) in [
+                ("login_path", &login.login_path),
+                ("callback_path", &login.callback_path),
+                ("logout_path", &login.logout_path),
+            ] {
+                if !path.starts_with('/') {
+                    self.problem(l_at.child_key(key), "must be a path starting with `/`");
+                }
+            }
+            if let Some(url) = &login.public_url {
+                if !(url.starts_with("https://") || url.starts_with("http://"))
+                    || url.ends_with('/')
+                {
+                    self.problem(
+                        l_at.child_key("public_url"),
+                        "must be an http(s) URL without a trailing slash",
+                    );
+                }
+            }
+        }
         let mut names = HashSet::new();
         for (i, provider) in identity.providers.iter().enumerate() {
             let p_at = at.child_key("providers").child_index(i);

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod errors;
 pub mod guard;
 pub mod headers;
+pub mod login;
 pub mod metrics;
 pub mod portal;
 pub mod proxy;

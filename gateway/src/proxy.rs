@@ -63,6 +63,8 @@ pub struct RequestCtx {
     _bulkhead: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The fault injected, for the access log.
     fault: Option<&'static str>,
+    /// `Authorization` was set by us from the browser's session.
+    session_auth: bool,
 }
 
 fn status_error(error: GatewayError) -> Box<Error> {
@@ -146,6 +148,44 @@ impl Gateway {
             .write_response_header(Box::new(header), false)
             .await?;
         session.write_response_body(Some(body), true).await?;
+        Ok(true)
+    }
+
+    async fn serve_login(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        snapshot: &Snapshot,
+        login: &crate::login::Login,
+        page: crate::login::Page,
+    ) -> Result<bool> {
+        let req = session.req_header();
+        let answer = login
+            .handle(page, &req.uri, &req.headers, ctx.is_tls, &snapshot.auth)
+            .await;
+        match answer {
+            Ok(redirect) => self.write_redirect(session, ctx, redirect).await,
+            Err(e) => self.reject(session, ctx, e).await,
+        }
+    }
+
+    async fn write_redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        redirect: crate::login::Redirect,
+    ) -> Result<bool> {
+        let mut header = ResponseHeader::build(302, Some(4 + redirect.cookies.len()))?;
+        header.insert_header(header::LOCATION, redirect.location.as_str())?;
+        for cookie in &redirect.cookies {
+            header.append_header(header::SET_COOKIE, cookie.as_str())?;
+        }
+        header.insert_header(header::CACHE_CONTROL, "no-store")?;
+        header.insert_header(header::CONTENT_LENGTH, 0)?;
+        header.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        session
+            .write_response_header(Box::new(header), true)
+            .await?;
         Ok(true)
     }
 
@@ -249,6 +289,7 @@ impl ProxyHttp for Gateway {
             ratelimit: None,
             _bulkhead: None,
             fault: None,
+            session_auth: false,
         }
     }
 
@@ -301,6 +342,25 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        if let Some(login) = &snapshot.login {
+            let req = session.req_header();
+            if let Some(page) = login.page(req.uri.path()) {
+                return self.serve_login(session, ctx, &snapshot, login, page).await;
+            }
+            // A browser's session stands for its access token: checked on
+            // every route exactly like a bearer token.
+            if !req.headers.contains_key(header::AUTHORIZATION) {
+                if let Some(token) = login.session_token(&req.headers).await {
+                    if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                        session
+                            .req_header_mut()
+                            .insert_header(header::AUTHORIZATION, value)?;
+                        ctx.session_auth = true;
+                    }
+                }
+            }
+        }
+
         if let Some(site) = &snapshot.portal {
             if crate::portal::page(site, session.req_header().uri.path()).is_some() {
                 return self.serve_portal(session, ctx, &snapshot, site).await;
@@ -336,6 +396,24 @@ impl ProxyHttp for Gateway {
                         ctx.identity = Some(authorized.identity);
                     }
                     Ok(None) => {}
+                    Err(AuthError::Missing)
+                        if policy.login_redirect
+                            && crate::login::is_browser_navigation(&req.method, &req.headers) =>
+                    {
+                        if let Some(login) = &snapshot.login {
+                            let target = req
+                                .uri
+                                .path_and_query()
+                                .map_or("/", |p| p.as_str())
+                                .to_owned();
+                            let redirect = crate::login::Redirect {
+                                location: login.login_location(&target),
+                                cookies: Vec::new(),
+                            };
+                            return self.write_redirect(session, ctx, redirect).await;
+                        }
+                        return self.reject_auth(session, ctx, AuthError::Missing).await;
+                    }
                     Err(e) => return self.reject_auth(session, ctx, e).await,
                 }
             }
@@ -586,6 +664,27 @@ impl ProxyHttp for Gateway {
         if route_has_auth && !auth.forward_authorization {
             upstream.remove_header(&header::AUTHORIZATION);
             upstream.remove_header(&auth.api_key_header);
+        }
+        if ctx.session_auth && !(route_has_auth && auth.forward_authorization) {
+            upstream.remove_header(&header::AUTHORIZATION);
+        }
+        // The session cookie is the gateway's; backends never see it.
+        if let Some(login) = &ctx.snapshot.login {
+            let name = login.cookie_name();
+            let cookies: Vec<String> = upstream
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| crate::login::without_cookie(v, name))
+                .filter(|v| !v.is_empty())
+                .collect();
+            if upstream.headers.contains_key(header::COOKIE) {
+                upstream.remove_header(&header::COOKIE);
+                if !cookies.is_empty() {
+                    upstream.insert_header(header::COOKIE, cookies.join("; "))?;
+                }
+            }
         }
 
         if let Some(path) = &ctx.upstream_path {

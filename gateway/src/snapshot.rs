@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub unrouted_metrics: RouteMetrics,
     /// The merged OpenAPI document and docs portal, when enabled.
     pub portal: Option<crate::portal::Site>,
+    /// Browser login and sessions, when configured.
+    pub login: Option<crate::login::Login>,
     /// The config as loaded, for `GET /config`.
     pub config: Arc<ValidConfig>,
 }
@@ -77,6 +79,8 @@ pub struct Registries {
     pub control: tokio::runtime::Handle,
     /// Fetched backend documents and the published merge.
     pub portal: Arc<crate::portal::Portal>,
+    /// Browser sessions and logins in progress.
+    pub login: Arc<crate::login::LoginState>,
     /// Bulkhead semaphores by route and size: requests in flight across a
     /// reload still count.
     bulkheads:
@@ -93,6 +97,7 @@ impl Registries {
             limiters,
             control,
             portal: Arc::default(),
+            login: Arc::default(),
             bulkheads: std::sync::Mutex::default(),
         }
     }
@@ -204,6 +209,7 @@ impl Snapshot {
                 access_log: config.server.access_log,
                 router,
                 portal: crate::portal::Site::compile(config, &registries.portal),
+                login: crate::login::Login::compile(&config.identity, &registries.login),
                 config: valid.clone(),
             },
             NewParts {

@@ -812,15 +812,7 @@ fn with_query(uri: &str, params: &[(&str, String)]) -> String {
 }
 
 fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 #[cfg(test)]
@@ -831,7 +823,7 @@ mod tests {
     fn query_building_and_cookies() {
         assert_eq!(
             with_query("https://a/cb?x=1", &[("state", "a b&c".into())]),
-            "https://a/cb?x=1&state=a%20b%26c"
+            "https://a/cb?x=1&state=a+b%26c"
         );
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_static("a=1; sid=xyz; b="));

@@ -517,6 +517,20 @@ impl Browser {
         }
     }
 
+    /// A navigation: `Accept: text/html`, as a browser sends.
+    async fn navigate(&self, url: &str) -> reqwest::Response {
+        let response = self
+            .http
+            .get(url)
+            .header("accept", "text/html,application/xhtml+xml")
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.absorb(&response);
+        response
+    }
+
     async fn get(&self, url: &str) -> reqwest::Response {
         let response = self
             .http
@@ -1538,4 +1552,166 @@ async fn logout_without_a_hint_asks_first() {
     assert_eq!(answer.status(), 200);
     assert!(answer.text().await.unwrap().contains("You are signed out."));
     assert!(!signed_in(&browser, &base).await, "signed out");
+}
+
+/// The gateway signs browsers in at the SSO (code + PKCE, confidential
+/// client): the session cookie then works like a bearer token on routes and
+/// in the portal, never reaches the backend, and logout ends both sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_browser_login_with_the_sso() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let (sso_port, gw_port) = (free_port(), free_port());
+    let gw = format!("http://127.0.0.1:{gw_port}");
+    let config = config()
+        + &format!(
+            "  - client_id: gateway
+    type: confidential
+    first_party: true
+    secret_hash: '{}'
+    grant_types: [authorization_code, refresh_token]
+    redirect_uris: ['{gw}/_auth/callback']
+    post_logout_redirect_uris: ['{gw}/bye']
+    audience: [api]
+",
+            hash("gateway-secret")
+        );
+    let sso = SsoProcess::start(dir.path(), &config, sso_port).await;
+    let backend = Backend::start("app").await;
+    *backend.openapi.lock().unwrap() = Some(
+        json!({"openapi": "3.0.3", "info": {"title": "app", "version": "1"},
+            "paths": {"/items": {"get": {"responses": {"200": {"description": "ok"}}}}}})
+        .to_string(),
+    );
+    let _gateway = Gateway::start(&format!(
+        "listeners: [ {{ name: plain, address: '127.0.0.1:{gw_port}' }} ]
+admin: {{ address: '127.0.0.1:{{ADMIN}}' }}
+identity:
+  providers:
+    - {{ name: sso, issuer: '{issuer}', audiences: [api] }}
+  login:
+    provider: sso
+    client_id: gateway
+    client_secret: gateway-secret
+    scopes: [openid, profile]
+    post_logout_path: /bye
+    secure_cookies: false
+portal: {{ enabled: true, refresh_interval: 500ms }}
+upstreams:
+  app: {{ targets: ['{backend}'] }}
+routes:
+  - {{ name: app, match: {{ path_prefix: /app }}, upstream: app, strip_prefix: true, openapi: /openapi.json,
+       auth: {{ mode: required, roles_any: [admin], login_redirect: true }} }}
+  - {{ name: bye, match: {{ path: /bye }}, upstream: app, auth: {{ mode: none }} }}
+",
+        issuer = sso.issuer(),
+        backend = backend.addr
+    ))
+    .await;
+
+    let browser = Browser::default();
+    // A browser without a session is sent to sign in; an API client gets 401.
+    let first = browser.navigate(&format!("{gw}/app/items")).await;
+    assert_eq!(first.status(), 302);
+    let to_login = first.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(to_login, "/_auth/login?rd=%2Fapp%2Fitems");
+    let api = client()
+        .get(format!("{gw}/app/items"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    // The gateway sends it to the SSO with PKCE; the user signs in there.
+    let to_sso = browser.navigate(&format!("{gw}{to_login}")).await;
+    assert_eq!(to_sso.status(), 302);
+    let authorize = to_sso.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        authorize.starts_with(&sso.url("/authorize?")),
+        "{authorize}"
+    );
+    assert!(authorize.contains("code_challenge_method=S256"));
+    let form = browser.navigate(&authorize).await.text().await.unwrap();
+    let back = browser
+        .post(
+            &sso.url("/login"),
+            &[
+                ("request", &hidden(&form, "request")),
+                ("csrf", &hidden(&form, "csrf")),
+                ("username", "alice"),
+                ("password", "alice-password"),
+            ],
+        )
+        .await;
+    assert_eq!(back.status(), 303);
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        callback.starts_with(&format!("{gw}/_auth/callback?code=")),
+        "{callback}"
+    );
+    // A callback without the browser's state cookie is refused.
+    let forged = client().get(&callback).send().await.unwrap();
+    assert_eq!(forged.status(), 403);
+    let landed = browser.navigate(&callback).await;
+    assert_eq!(landed.status(), 302);
+    assert_eq!(landed.headers()["location"], "/app/items");
+    assert!(browser.cookie_header().contains("portcullis_session="));
+
+    // The session works like a bearer token; the backend sees identity
+    // headers, never the session cookie or a token.
+    let page = browser.navigate(&format!("{gw}/app/items")).await;
+    assert_eq!(page.status(), 200);
+    let echo: Value = page.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-user-id"], "alice");
+    assert!(echo["headers"].get("authorization").is_none());
+    let cookie = echo["headers"]["cookie"].as_str().unwrap_or("");
+    assert!(!cookie.contains("portcullis_session"), "{cookie}");
+    // The portal shows the user what the session may call.
+    let with_session: Value = browser
+        .get(&format!("{gw}/openapi.json"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let anonymous = get_json(&format!("{gw}/openapi.json")).await;
+    let listed = |doc: &Value| doc.pointer("/paths/~1app~1items/get").is_some();
+    let shown = eventually(Duration::from_secs(10), || async {
+        let doc: Value = browser
+            .get(&format!("{gw}/openapi.json"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        listed(&doc)
+    })
+    .await;
+    assert!(
+        shown || listed(&with_session),
+        "the session sees the admin route"
+    );
+    assert!(!listed(&anonymous), "anonymous callers do not");
+
+    // Logout ends the gateway's session and the SSO's.
+    let out = browser.navigate(&format!("{gw}/_auth/logout")).await;
+    assert_eq!(out.status(), 302);
+    let end_session = out.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        end_session.starts_with(&sso.url("/end_session?id_token_hint=")),
+        "{end_session}"
+    );
+    let bye = browser.navigate(&end_session).await;
+    assert_eq!(bye.status(), 303);
+    assert_eq!(bye.headers()["location"], format!("{gw}/bye").as_str());
+    let again = browser.navigate(&format!("{gw}/app/items")).await;
+    assert_eq!(again.status(), 302, "signed out of the gateway");
+    let relogin = browser
+        .navigate(&authorize_url(&sso.issuer(), &pkce().1))
+        .await;
+    assert_eq!(relogin.status(), 200, "signed out of the SSO too");
+    // Open redirects are not possible through rd.
+    let evil = browser
+        .navigate(&format!(
+            "{gw}/_auth/login?rd=https%3A%2F%2Fevil.example%2F"
+        ))
+        .await;
+    assert_eq!(evil.status(), 302);
 }

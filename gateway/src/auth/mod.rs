@@ -77,9 +77,27 @@ pub struct RoutePolicy {
     client_ids: Vec<String>,
     /// API keys are accepted too.
     pub api_keys: bool,
+    /// Browsers without credentials are sent to the login page.
+    pub login_redirect: bool,
 }
 
 impl RoutePolicy {
+    /// Any valid token of one provider (the browser-login check).
+    pub fn for_provider(provider: usize) -> RoutePolicy {
+        RoutePolicy {
+            mode: config::AuthMode::Required,
+            providers: vec![provider],
+            roles_any: Vec::new(),
+            roles_all: Vec::new(),
+            scopes_any: Vec::new(),
+            scopes_all: Vec::new(),
+            claims: Vec::new(),
+            client_ids: Vec::new(),
+            api_keys: false,
+            login_redirect: false,
+        }
+    }
+
     pub fn compile(auth: &config::RouteAuth, identity: &config::Identity) -> RoutePolicy {
         let providers = &identity.providers;
         RoutePolicy {
@@ -100,6 +118,7 @@ impl RoutePolicy {
                 .collect(),
             client_ids: auth.client_ids.clone(),
             api_keys: auth.api_keys,
+            login_redirect: auth.login_redirect,
         }
     }
 

@@ -81,6 +81,7 @@ fn rbac_any_and_all() {
         claims: Vec::new(),
         client_ids: Vec::new(),
         api_keys: false,
+        login_redirect: false,
     };
     assert!(policy(&[], &[]).allows(&identity(&[])));
     assert!(policy(&["a", "b"], &[]).allows(&identity(&["b"])));

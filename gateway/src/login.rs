@@ -1,0 +1,546 @@
+//! Browser login: the gateway as an OpenID Connect relying party
+//! (authorization code + PKCE, a confidential or public client), and a
+//! session cookie standing for the user's access token.
+//!
+//! A browser's session token is put in `Authorization` before routing, so
+//! every route checks it like any bearer token (signature, issuer,
+//! audience, expiry, roles — through the same verified-token cache), and
+//! the portal shows what the user may call. The cookie never reaches a
+//! backend, and neither does the token unless the route forwards it.
+//!
+//! Sessions and logins in progress are in memory (per replica: put the
+//! gateway behind sticky sessions, or sign in again on another replica).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::{header, HeaderMap};
+use portcullis_config as config;
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::auth::{Authenticator, RoutePolicy};
+use crate::errors::GatewayError;
+
+/// How long a browser may take at the provider's login page.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+/// Refresh the access token when it has less than this left.
+const REFRESH_MARGIN: u64 = 30;
+/// The cookie binding a login in progress to the browser that began it.
+const STATE_COOKIE: &str = "portcullis_login_state";
+
+/// State kept across config reloads.
+pub struct LoginState {
+    pending: moka::sync::Cache<String, Arc<Pending>>,
+    sessions: moka::sync::Cache<String, Arc<SessionTokens>>,
+}
+
+impl Default for LoginState {
+    fn default() -> Self {
+        LoginState {
+            pending: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(PENDING_TTL)
+                .build(),
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(Duration::from_secs(7 * 24 * 3600))
+                .build(),
+        }
+    }
+}
+
+struct Pending {
+    verifier: String,
+    return_to: String,
+    redirect_uri: String,
+}
+
+struct SessionTokens {
+    access_token: Arc<str>,
+    refresh_token: Option<String>,
+    id_token: Option<String>,
+    /// Unix seconds: the access token's expiry, and the session's.
+    access_expires_at: u64,
+    session_expires_at: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct Endpoints {
+    authorization_endpoint: String,
+    token_endpoint: String,
+    #[serde(default)]
+    end_session_endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    id_token: Option<String>,
+}
+
+/// The login part of a snapshot.
+pub struct Login {
+    settings: config::BrowserLogin,
+    issuer: String,
+    /// Accepts the login provider's tokens only.
+    policy: RoutePolicy,
+    http: reqwest::Client,
+    endpoints: tokio::sync::OnceCell<Endpoints>,
+    state: Arc<LoginState>,
+}
+
+/// A login endpoint.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Page {
+    Login,
+    Callback,
+    Logout,
+}
+
+/// A redirect (with cookies) for the proxy to write.
+#[derive(Debug)]
+pub struct Redirect {
+    pub location: String,
+    pub cookies: Vec<String>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn random(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+fn digest(text: &str) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash)
+}
+
+/// `application/x-www-form-urlencoded` (query values).
+fn encode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Only a path of this gateway: no scheme, no `//host`, no backslashes
+/// (which browsers read as slashes) — no open redirect.
+fn safe_return_path(candidate: Option<String>) -> String {
+    match candidate {
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && !path.chars().any(char::is_control) =>
+        {
+            path
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+impl Login {
+    pub fn compile(identity: &config::Identity, state: &Arc<LoginState>) -> Option<Login> {
+        let settings = identity.login.clone()?;
+        let provider = identity
+            .providers
+            .iter()
+            .position(|p| p.name == settings.provider)?;
+        let issuer = identity.providers[provider]
+            .issuer
+            .trim_end_matches('/')
+            .to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .ok()?;
+        Some(Login {
+            policy: RoutePolicy::for_provider(provider),
+            settings,
+            issuer,
+            http,
+            endpoints: tokio::sync::OnceCell::new(),
+            state: state.clone(),
+        })
+    }
+
+    pub fn page(&self, path: &str) -> Option<Page> {
+        if path == self.settings.login_path {
+            Some(Page::Login)
+        } else if path == self.settings.callback_path {
+            Some(Page::Callback)
+        } else if path == self.settings.logout_path {
+            Some(Page::Logout)
+        } else {
+            None
+        }
+    }
+
+    /// Where an unauthenticated browser goes to sign in, coming back to
+    /// `path_and_query`.
+    pub fn login_location(&self, path_and_query: &str) -> String {
+        format!("{}?rd={}", self.settings.login_path, encode(path_and_query))
+    }
+
+    fn cookie(&self, name: &str, value: &str, max_age: u64) -> String {
+        let secure = if self.settings.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!("{name}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}")
+    }
+
+    async fn endpoints(&self) -> Result<&Endpoints, GatewayError> {
+        self.endpoints
+            .get_or_try_init(|| async {
+                let url = format!("{}/.well-known/openid-configuration", self.issuer);
+                let response = self.http.get(&url).send().await.map_err(|e| {
+                    log::warn!("login: discovery at {url}: {e}");
+                    GatewayError::IdentityUnavailable
+                })?;
+                let body = response.bytes().await.map_err(|e| {
+                    log::warn!("login: discovery at {url}: {e}");
+                    GatewayError::IdentityUnavailable
+                })?;
+                serde_json::from_slice::<Endpoints>(&body).map_err(|e| {
+                    log::warn!("login: discovery at {url}: {e}");
+                    GatewayError::IdentityUnavailable
+                })
+            })
+            .await
+    }
+
+    fn base_url(&self, headers: &HeaderMap, is_tls: bool) -> String {
+        if let Some(url) = &self.settings.public_url {
+            return url.clone();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("localhost");
+        format!("{}://{host}", if is_tls { "https" } else { "http" })
+    }
+
+    /// Answers a login endpoint.
+    pub async fn handle(
+        &self,
+        page: Page,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        is_tls: bool,
+        auth: &Authenticator,
+    ) -> Result<Redirect, GatewayError> {
+        match page {
+            Page::Login => self.begin(uri, headers, is_tls).await,
+            Page::Callback => self.finish(uri, headers, auth).await,
+            Page::Logout => self.logout(headers, is_tls).await,
+        }
+    }
+
+    async fn begin(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        is_tls: bool,
+    ) -> Result<Redirect, GatewayError> {
+        let endpoints = self.endpoints().await?;
+        let state = random(24);
+        let verifier = random(32);
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()),
+        );
+        let redirect_uri = format!(
+            "{}{}",
+            self.base_url(headers, is_tls),
+            self.settings.callback_path
+        );
+        let location = format!(
+            "{}{}response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&code_challenge={challenge}&code_challenge_method=S256",
+            endpoints.authorization_endpoint,
+            if endpoints.authorization_endpoint.contains('?') { '&' } else { '?' },
+            encode(&self.settings.client_id),
+            encode(&redirect_uri),
+            encode(&self.settings.scopes.join(" ")),
+        );
+        self.state.pending.insert(
+            digest(&state),
+            Arc::new(Pending {
+                verifier,
+                return_to: safe_return_path(query_param(uri.query(), "rd")),
+                redirect_uri,
+            }),
+        );
+        Ok(Redirect {
+            location,
+            cookies: vec![self.cookie(STATE_COOKIE, &state, PENDING_TTL.as_secs())],
+        })
+    }
+
+    async fn finish(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        auth: &Authenticator,
+    ) -> Result<Redirect, GatewayError> {
+        if let Some(error) = query_param(uri.query(), "error") {
+            log::info!("login: the provider answered `{error}`");
+            return Err(GatewayError::Unauthorized);
+        }
+        let state = query_param(uri.query(), "state").unwrap_or_default();
+        let cookie = cookie_value(headers, STATE_COOKIE).unwrap_or_default();
+        // The callback must come to the browser that began the login.
+        if state.is_empty() || !bool::from(state.as_bytes().ct_eq(cookie.as_bytes())) {
+            return Err(GatewayError::Forbidden);
+        }
+        let pending = self
+            .state
+            .pending
+            .remove(&digest(&state))
+            .ok_or(GatewayError::Forbidden)?;
+        let code = query_param(uri.query(), "code").ok_or(GatewayError::BadRequest)?;
+        let endpoints = self.endpoints().await?;
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code),
+            ("redirect_uri", pending.redirect_uri.clone()),
+            ("code_verifier", pending.verifier.clone()),
+            ("client_id", self.settings.client_id.clone()),
+        ];
+        if let Some(secret) = &self.settings.client_secret {
+            form.push(("client_secret", secret.expose().to_owned()));
+        }
+        let tokens = self.token_request(&endpoints.token_endpoint, &form).await?;
+        // The access token is what every route will check: check it now.
+        auth.authenticate(&tokens.access_token, &self.policy)
+            .await
+            .map_err(|e| {
+                log::info!("login: the provider's access token was refused: {e}");
+                GatewayError::Unauthorized
+            })?;
+        let session_id = random(32);
+        let ttl = self.settings.session_ttl.0.as_secs();
+        let now = now();
+        self.state.sessions.insert(
+            digest(&session_id),
+            Arc::new(SessionTokens {
+                access_expires_at: now + tokens.expires_in.unwrap_or(300),
+                access_token: tokens.access_token.into(),
+                refresh_token: tokens.refresh_token,
+                id_token: tokens.id_token,
+                session_expires_at: now + ttl,
+            }),
+        );
+        Ok(Redirect {
+            location: pending.return_to.clone(),
+            cookies: vec![
+                self.cookie(&self.settings.cookie, &session_id, ttl),
+                self.cookie(STATE_COOKIE, "", 0),
+            ],
+        })
+    }
+
+    async fn token_request(
+        &self,
+        endpoint: &str,
+        form: &[(&str, String)],
+    ) -> Result<TokenResponse, GatewayError> {
+        let response = self
+            .http
+            .post(endpoint)
+            .form(form)
+            .send()
+            .await
+            .map_err(|e| {
+                log::warn!("login: token endpoint: {}", e.without_url());
+                GatewayError::IdentityUnavailable
+            })?;
+        if !response.status().is_success() {
+            log::info!("login: the token endpoint answered {}", response.status());
+            return Err(GatewayError::Unauthorized);
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|_| GatewayError::IdentityUnavailable)?;
+        serde_json::from_slice(&body).map_err(|_| GatewayError::IdentityUnavailable)
+    }
+
+    async fn logout(&self, headers: &HeaderMap, is_tls: bool) -> Result<Redirect, GatewayError> {
+        let session = cookie_value(headers, &self.settings.cookie).map(|id| digest(&id));
+        let tokens = session
+            .as_ref()
+            .and_then(|key| self.state.sessions.remove(key));
+        let clear = vec![self.cookie(&self.settings.cookie, "", 0)];
+        let end_session = self
+            .endpoints()
+            .await
+            .ok()
+            .and_then(|e| e.end_session_endpoint.clone());
+        let location = match (end_session, tokens.and_then(|t| t.id_token.clone())) {
+            (Some(endpoint), Some(id_token)) => {
+                let mut url = format!(
+                    "{endpoint}{}id_token_hint={}",
+                    if endpoint.contains('?') { '&' } else { '?' },
+                    encode(&id_token)
+                );
+                if let Some(path) = &self.settings.post_logout_path {
+                    url.push_str(&format!(
+                        "&post_logout_redirect_uri={}",
+                        encode(&format!("{}{path}", self.base_url(headers, is_tls)))
+                    ));
+                }
+                url
+            }
+            _ => self
+                .settings
+                .post_logout_path
+                .clone()
+                .unwrap_or_else(|| "/".into()),
+        };
+        Ok(Redirect {
+            location,
+            cookies: clear,
+        })
+    }
+
+    /// The access token of the browser's session, refreshed when it is
+    /// about to expire. `None`: no cookie, or no (live) session.
+    pub async fn session_token(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        let key = digest(&cookie_value(headers, &self.settings.cookie)?);
+        let tokens = self.state.sessions.get(&key)?;
+        let now = now();
+        if now >= tokens.session_expires_at {
+            self.state.sessions.invalidate(&key);
+            return None;
+        }
+        if tokens.access_expires_at > now + REFRESH_MARGIN {
+            return Some(tokens.access_token.clone());
+        }
+        let Some(refresh) = &tokens.refresh_token else {
+            return (tokens.access_expires_at > now).then(|| tokens.access_token.clone());
+        };
+        let endpoints = self.endpoints().await.ok()?;
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh.clone()),
+            ("client_id", self.settings.client_id.clone()),
+        ];
+        if let Some(secret) = &self.settings.client_secret {
+            form.push(("client_secret", secret.expose().to_owned()));
+        }
+        match self.token_request(&endpoints.token_endpoint, &form).await {
+            Ok(fresh) => {
+                let renewed = Arc::new(SessionTokens {
+                    access_expires_at: now + fresh.expires_in.unwrap_or(300),
+                    access_token: fresh.access_token.into(),
+                    refresh_token: fresh.refresh_token.or_else(|| tokens.refresh_token.clone()),
+                    id_token: fresh.id_token.or_else(|| tokens.id_token.clone()),
+                    session_expires_at: tokens.session_expires_at,
+                });
+                self.state.sessions.insert(key, renewed.clone());
+                Some(renewed.access_token.clone())
+            }
+            Err(_) => {
+                // Refused (revoked, expired): the session is over.
+                self.state.sessions.invalidate(&key);
+                None
+            }
+        }
+    }
+
+    pub fn cookie_name(&self) -> &str {
+        &self.settings.cookie
+    }
+}
+
+/// Whether a request looks like a browser navigation (a redirect to a
+/// login page helps it; an API client wants the 401).
+pub fn is_browser_navigation(method: &http::Method, headers: &HeaderMap) -> bool {
+    method == http::Method::GET
+        && headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// The `Cookie` header without the session cookie (for the upstream).
+pub fn without_cookie(value: &str, name: &str) -> String {
+    value
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k != name))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_paths_stay_on_the_gateway() {
+        assert_eq!(safe_return_path(Some("/app/x?y=1".into())), "/app/x?y=1");
+        for evil in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "",
+            "app",
+        ] {
+            assert_eq!(safe_return_path(Some(evil.into())), "/", "{evil}");
+        }
+        assert_eq!(safe_return_path(None), "/");
+    }
+
+    #[test]
+    fn session_cookie_is_removed_for_upstreams() {
+        assert_eq!(
+            without_cookie("a=1; portcullis_session=s3cr3t; b=2", "portcullis_session"),
+            "a=1; b=2"
+        );
+        assert_eq!(
+            without_cookie("portcullis_session=x", "portcullis_session"),
+            ""
+        );
+    }
+
+    #[test]
+    fn query_parameters_decode() {
+        assert_eq!(
+            query_param(Some("rd=%2Fapp%2Fx%3Fy%3D1&z=2"), "rd").as_deref(),
+            Some("/app/x?y=1")
+        );
+        assert_eq!(encode("/a b"), "%2Fa+b");
+    }
+}
