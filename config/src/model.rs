@@ -325,6 +325,19 @@ pub struct BrowserLogin {
     /// Most sessions kept (in memory). Defaults to 100000.
     #[serde(default = "default_session_entries")]
     pub max_sessions: u64,
+    /// Where sessions and logins in progress live: `memory` (one replica)
+    /// or `redis` (the top-level `redis`; every replica knows every
+    /// session). Defaults to memory.
+    #[serde(default)]
+    pub store: SessionStore,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStore {
+    #[default]
+    Memory,
+    Redis,
 }
 
 fn default_login_scopes() -> Vec<String> {

@@ -19,6 +19,8 @@ pub(crate) struct Checker<'a> {
     /// them would only repeat the same mistake in other words.
     removed: &'a [KeyPath],
     source: &'a Path,
+    /// For checks in sections that depend on `redis`.
+    redis_missing: bool,
 }
 
 fn root() -> KeyPath {
@@ -39,6 +41,7 @@ impl<'a> Checker<'a> {
             errors,
             removed,
             source,
+            redis_missing: false,
         }
     }
 
@@ -83,6 +86,7 @@ impl<'a> Checker<'a> {
             self.upstream(&root().child_key("upstreams").child_key(name), upstream);
         }
 
+        self.redis_missing = config.redis.is_none();
         self.identity(&config.identity);
         if let Some(redis) = &config.redis {
             if redis.url.is_some() != redis.cluster.is_empty() {
@@ -165,6 +169,12 @@ impl<'a> Checker<'a> {
         let at = root().child_key("identity");
         if let Some(login) = &identity.login {
             let l_at = at.child_key("login");
+            if login.store == SessionStore::Redis && self.redis_missing {
+                self.problem(
+                    l_at.child_key("store"),
+                    "`store: redis` needs the top-level `redis` section",
+                );
+            }
             if !identity.providers.iter().any(|p| p.name == login.provider) {
                 self.problem(
                     l_at.child_key("provider"),

@@ -8,8 +8,8 @@
 //! the portal shows what the user may call. The cookie never reaches a
 //! backend, and neither does the token unless the route forwards it.
 //!
-//! Sessions and logins in progress are in memory (per replica: put the
-//! gateway behind sticky sessions, or sign in again on another replica).
+//! Sessions and logins in progress are in memory (one replica), or in
+//! Redis (`store: redis`) so that every replica knows every session.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use http::{header, HeaderMap};
 use portcullis_config as config;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::auth::{Authenticator, RoutePolicy};
@@ -51,12 +51,14 @@ impl Default for LoginState {
     }
 }
 
+#[derive(Serialize, Deserialize)]
 struct Pending {
     verifier: String,
     return_to: String,
     redirect_uri: String,
 }
 
+#[derive(Serialize, Deserialize)]
 struct SessionTokens {
     access_token: Arc<str>,
     refresh_token: Option<String>,
@@ -94,6 +96,8 @@ pub struct Login {
     http: reqwest::Client,
     endpoints: tokio::sync::OnceCell<Endpoints>,
     state: Arc<LoginState>,
+    /// With `store: redis`: sessions and logins in progress live there.
+    redis: Option<(Arc<crate::ratelimit::RedisStore>, String)>,
 }
 
 /// A login endpoint.
@@ -168,7 +172,11 @@ fn safe_return_path(candidate: Option<String>) -> String {
 }
 
 impl Login {
-    pub fn compile(identity: &config::Identity, state: &Arc<LoginState>) -> Option<Login> {
+    pub fn compile(
+        identity: &config::Identity,
+        state: &Arc<LoginState>,
+        redis: Option<(Arc<crate::ratelimit::RedisStore>, String)>,
+    ) -> Option<Login> {
         let settings = identity.login.clone()?;
         let provider = identity
             .providers
@@ -191,7 +199,107 @@ impl Login {
             http,
             endpoints: tokio::sync::OnceCell::new(),
             state: state.clone(),
+            redis,
         })
+    }
+
+    fn redis_key(prefix: &str, kind: &str, key: &str) -> String {
+        format!("{prefix}:{kind}:{key}")
+    }
+
+    async fn put_pending(&self, key: String, pending: Pending) -> Result<(), GatewayError> {
+        match &self.redis {
+            None => {
+                self.state.pending.insert(key, Arc::new(pending));
+                Ok(())
+            }
+            Some((store, prefix)) => {
+                let value = serde_json::to_string(&pending).map_err(|_| GatewayError::Internal)?;
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(Self::redis_key(prefix, "login", &key))
+                    .arg(value)
+                    .arg("EX")
+                    .arg(PENDING_TTL.as_secs());
+                store.command::<()>(&cmd).await.map_err(|e| {
+                    log::warn!("login: redis: {e}");
+                    GatewayError::IdentityUnavailable
+                })
+            }
+        }
+    }
+
+    /// Single use: of two callbacks with one state, one wins.
+    async fn take_pending(&self, key: &str) -> Result<Option<Arc<Pending>>, GatewayError> {
+        match &self.redis {
+            None => Ok(self.state.pending.remove(key)),
+            Some((store, prefix)) => {
+                let mut cmd = redis::cmd("GETDEL");
+                cmd.arg(Self::redis_key(prefix, "login", key));
+                let value: Option<String> = store.command(&cmd).await.map_err(|e| {
+                    log::warn!("login: redis: {e}");
+                    GatewayError::IdentityUnavailable
+                })?;
+                Ok(value
+                    .and_then(|v| serde_json::from_str(&v).ok())
+                    .map(Arc::new))
+            }
+        }
+    }
+
+    async fn put_session(&self, key: String, tokens: SessionTokens) -> Result<(), GatewayError> {
+        match &self.redis {
+            None => {
+                self.state.sessions.insert(key, Arc::new(tokens));
+                Ok(())
+            }
+            Some((store, prefix)) => {
+                let ttl = tokens.session_expires_at.saturating_sub(now()).max(1);
+                let value = serde_json::to_string(&tokens).map_err(|_| GatewayError::Internal)?;
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(Self::redis_key(prefix, "session", &key))
+                    .arg(value)
+                    .arg("EX")
+                    .arg(ttl);
+                store.command::<()>(&cmd).await.map_err(|e| {
+                    log::warn!("login: redis: {e}");
+                    GatewayError::IdentityUnavailable
+                })
+            }
+        }
+    }
+
+    /// A session; with `take`, also removed (logout).
+    async fn get_session(&self, key: &str, take: bool) -> Option<Arc<SessionTokens>> {
+        match &self.redis {
+            None if take => self.state.sessions.remove(key),
+            None => self.state.sessions.get(key),
+            Some((store, prefix)) => {
+                let mut cmd = redis::cmd(if take { "GETDEL" } else { "GET" });
+                cmd.arg(Self::redis_key(prefix, "session", key));
+                match store.command::<Option<String>>(&cmd).await {
+                    Ok(value) => value
+                        .and_then(|v| serde_json::from_str(&v).ok())
+                        .map(Arc::new),
+                    Err(e) => {
+                        log::warn!("login: redis: {e}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    async fn forget_session(&self, key: &str) {
+        match &self.redis {
+            None => self.state.sessions.invalidate(key),
+            Some((store, prefix)) => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(Self::redis_key(prefix, "session", key));
+                if let Err(e) = store.command::<()>(&cmd).await {
+                    log::warn!("login: redis: {e}");
+                }
+            }
+        }
     }
 
     pub fn page(&self, path: &str) -> Option<Page> {
@@ -293,14 +401,15 @@ impl Login {
             encode(&redirect_uri),
             encode(&self.settings.scopes.join(" ")),
         );
-        self.state.pending.insert(
+        self.put_pending(
             digest(&state),
-            Arc::new(Pending {
+            Pending {
                 verifier,
                 return_to: safe_return_path(query_param(uri.query(), "rd")),
                 redirect_uri,
-            }),
-        );
+            },
+        )
+        .await?;
         Ok(Redirect {
             location,
             cookies: vec![self.cookie(STATE_COOKIE, &state, PENDING_TTL.as_secs())],
@@ -324,9 +433,8 @@ impl Login {
             return Err(GatewayError::Forbidden);
         }
         let pending = self
-            .state
-            .pending
-            .remove(&digest(&state))
+            .take_pending(&digest(&state))
+            .await?
             .ok_or(GatewayError::Forbidden)?;
         let code = query_param(uri.query(), "code").ok_or(GatewayError::BadRequest)?;
         let endpoints = self.endpoints().await?;
@@ -351,16 +459,17 @@ impl Login {
         let session_id = random(32);
         let ttl = self.settings.session_ttl.0.as_secs();
         let now = now();
-        self.state.sessions.insert(
+        self.put_session(
             digest(&session_id),
-            Arc::new(SessionTokens {
+            SessionTokens {
                 access_expires_at: now + tokens.expires_in.unwrap_or(300),
                 access_token: tokens.access_token.into(),
                 refresh_token: tokens.refresh_token,
                 id_token: tokens.id_token,
                 session_expires_at: now + ttl,
-            }),
-        );
+            },
+        )
+        .await?;
         Ok(Redirect {
             location: pending.return_to.clone(),
             cookies: vec![
@@ -438,10 +547,10 @@ impl Login {
     /// about to expire. `None`: no cookie, or no (live) session.
     pub async fn session_token(&self, headers: &HeaderMap) -> Option<Arc<str>> {
         let key = digest(&cookie_value(headers, &self.settings.cookie)?);
-        let tokens = self.state.sessions.get(&key)?;
+        let tokens = self.get_session(&key, false).await?;
         let now = now();
         if now >= tokens.session_expires_at {
-            self.state.sessions.invalidate(&key);
+            self.forget_session(&key).await;
             return None;
         }
         if tokens.access_expires_at > now + REFRESH_MARGIN {
@@ -461,19 +570,20 @@ impl Login {
         }
         match self.token_request(&endpoints.token_endpoint, &form).await {
             Ok(fresh) => {
-                let renewed = Arc::new(SessionTokens {
+                let access_token: Arc<str> = fresh.access_token.into();
+                let renewed = SessionTokens {
                     access_expires_at: now + fresh.expires_in.unwrap_or(300),
-                    access_token: fresh.access_token.into(),
+                    access_token: access_token.clone(),
                     refresh_token: fresh.refresh_token.or_else(|| tokens.refresh_token.clone()),
                     id_token: fresh.id_token.or_else(|| tokens.id_token.clone()),
                     session_expires_at: tokens.session_expires_at,
-                });
-                self.state.sessions.insert(key, renewed.clone());
-                Some(renewed.access_token.clone())
+                };
+                self.put_session(key, renewed).await.ok()?;
+                Some(access_token)
             }
             Err(_) => {
                 // Refused (revoked, expired): the session is over.
-                self.state.sessions.invalidate(&key);
+                self.forget_session(&key).await;
                 None
             }
         }

@@ -135,6 +135,8 @@ pub enum CompileError {
     Keys(#[from] KeyError),
     #[error("rate limits: {0}")]
     Limits(#[from] LimitError),
+    #[error("sessions: redis: {0}")]
+    Sessions(crate::ratelimit::RedisError),
 }
 
 impl Snapshot {
@@ -181,6 +183,16 @@ impl Snapshot {
             })
             .collect();
         let listeners = config.listeners.iter().map(listener_policy).collect();
+        let login_redis = match (&config.identity.login, &config.redis) {
+            (Some(login), Some(spec)) if login.store == config::SessionStore::Redis => Some((
+                registries
+                    .limiters
+                    .redis(spec, &registries.control)
+                    .map_err(CompileError::Sessions)?,
+                spec.key_prefix.clone(),
+            )),
+            _ => None,
+        };
         let limits = &config.server.limits;
         Ok((
             Snapshot {
@@ -209,7 +221,11 @@ impl Snapshot {
                 access_log: config.server.access_log,
                 router,
                 portal: crate::portal::Site::compile(config, &registries.portal),
-                login: crate::login::Login::compile(&config.identity, &registries.login),
+                login: crate::login::Login::compile(
+                    &config.identity,
+                    &registries.login,
+                    login_redis,
+                ),
                 config: valid.clone(),
             },
             NewParts {

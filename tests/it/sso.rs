@@ -1554,15 +1554,17 @@ async fn logout_without_a_hint_asks_first() {
     assert!(!signed_in(&browser, &base).await, "signed out");
 }
 
-/// The gateway signs browsers in at the SSO (code + PKCE, confidential
-/// client): the session cookie then works like a bearer token on routes and
-/// in the portal, never reaches the backend, and logout ends both sessions.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_browser_login_with_the_sso() {
-    let dir = tempfile::tempdir().unwrap();
-    write_users(dir.path());
-    let (sso_port, gw_port) = (free_port(), free_port());
-    let gw = format!("http://127.0.0.1:{gw_port}");
+/// The SSO with a confidential, first-party client `gateway` whose redirect
+/// URIs are the gateways on `gateway_ports`.
+async fn sso_with_gateway_client(dir: &Path, sso_port: u16, gateway_ports: &[u16]) -> SsoProcess {
+    let redirects: Vec<String> = gateway_ports
+        .iter()
+        .map(|p| format!("'http://127.0.0.1:{p}/_auth/callback'"))
+        .collect();
+    let logouts: Vec<String> = gateway_ports
+        .iter()
+        .map(|p| format!("'http://127.0.0.1:{p}/bye'"))
+        .collect();
     let config = config()
         + &format!(
             "  - client_id: gateway
@@ -1570,21 +1572,35 @@ async fn gateway_browser_login_with_the_sso() {
     first_party: true
     secret_hash: '{}'
     grant_types: [authorization_code, refresh_token]
-    redirect_uris: ['{gw}/_auth/callback']
-    post_logout_redirect_uris: ['{gw}/bye']
+    redirect_uris: [{}]
+    post_logout_redirect_uris: [{}]
     audience: [api]
 ",
-            hash("gateway-secret")
+            hash("gateway-secret"),
+            redirects.join(", "),
+            logouts.join(", ")
         );
-    let sso = SsoProcess::start(dir.path(), &config, sso_port).await;
+    SsoProcess::start(dir, &config, sso_port).await
+}
+
+/// A backend publishing one operation, `GET /items`.
+async fn app_backend() -> Backend {
     let backend = Backend::start("app").await;
     *backend.openapi.lock().unwrap() = Some(
         json!({"openapi": "3.0.3", "info": {"title": "app", "version": "1"},
             "paths": {"/items": {"get": {"responses": {"200": {"description": "ok"}}}}}})
         .to_string(),
     );
-    let _gateway = Gateway::start(&format!(
-        "listeners: [ {{ name: plain, address: '127.0.0.1:{gw_port}' }} ]
+    backend
+}
+
+/// A gateway on `port` signing browsers in at `sso`; `/app` needs role
+/// `admin` and sends browsers to sign in. `login_extra` adds keys to
+/// `identity.login`; `rest` adds top-level sections.
+fn login_gateway_config(port: u16, sso: &SsoProcess, backend: &Backend, rest: &str) -> String {
+    let (login_extra, rest) = rest.split_once("||").unwrap_or(("", rest));
+    format!(
+        "listeners: [ {{ name: plain, address: '127.0.0.1:{port}' }} ]
 admin: {{ address: '127.0.0.1:{{ADMIN}}' }}
 identity:
   providers:
@@ -1596,18 +1612,99 @@ identity:
     scopes: [openid, profile]
     post_logout_path: /bye
     secure_cookies: false
-portal: {{ enabled: true, refresh_interval: 500ms }}
+{login_extra}portal: {{ enabled: true, refresh_interval: 500ms }}
 upstreams:
   app: {{ targets: ['{backend}'] }}
 routes:
   - {{ name: app, match: {{ path_prefix: /app }}, upstream: app, strip_prefix: true, openapi: /openapi.json,
        auth: {{ mode: required, roles_any: [admin], login_redirect: true }} }}
   - {{ name: bye, match: {{ path: /bye }}, upstream: app, auth: {{ mode: none }} }}
-",
+{rest}",
         issuer = sso.issuer(),
         backend = backend.addr
-    ))
-    .await;
+    )
+}
+
+/// Alice submits the SSO's login form `form`.
+async fn alice_signs_in(browser: &Browser, sso: &SsoProcess, form: &str) -> reqwest::Response {
+    browser
+        .post(
+            &sso.url("/login"),
+            &[
+                ("request", &hidden(form, "request")),
+                ("csrf", &hidden(form, "csrf")),
+                ("username", "alice"),
+                ("password", "alice-password"),
+            ],
+        )
+        .await
+}
+
+/// Signs `browser` in through gateway `gw` (login page, SSO form) and
+/// returns the gateway's callback URL, not yet visited.
+async fn sign_in_at_sso(browser: &Browser, gw: &str, sso: &SsoProcess) -> String {
+    let first = browser.navigate(&format!("{gw}/app/items")).await;
+    assert_eq!(first.status(), 302);
+    let to_login = first.headers()["location"].to_str().unwrap().to_owned();
+    let to_sso = browser.navigate(&format!("{gw}{to_login}")).await;
+    let authorize = to_sso.headers()["location"].to_str().unwrap().to_owned();
+    let form = browser.navigate(&authorize).await.text().await.unwrap();
+    let back = alice_signs_in(browser, sso, &form).await;
+    assert_eq!(back.status(), 303);
+    back.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Sessions in Redis: a login begun on one gateway finishes on another,
+/// and the session works on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sessions_in_redis_work_on_every_replica() {
+    let redis = crate::support::RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let (sso_port, port_a, port_b) = (free_port(), free_port(), free_port());
+    let sso = sso_with_gateway_client(dir.path(), sso_port, &[port_a, port_b]).await;
+    let backend = app_backend().await;
+    let shared = format!("    store: redis\n||redis: {{ url: '{}' }}\n", redis.url());
+    let _a = Gateway::start(&login_gateway_config(port_a, &sso, &backend, &shared)).await;
+    let _b = Gateway::start(&login_gateway_config(port_b, &sso, &backend, &shared)).await;
+    let (a, b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+
+    let browser = Browser::default();
+    // Begun on A; the provider's answer arrives at B (a load balancer's choice).
+    let callback = sign_in_at_sso(&browser, &a, &sso).await;
+    let on_b = callback.replacen(&a, &b, 1);
+    let landed = browser.navigate(&on_b).await;
+    assert_eq!(landed.status(), 302, "B finishes a login A began");
+    for gw in [&a, &b] {
+        let page = browser.navigate(&format!("{gw}/app/items")).await;
+        assert_eq!(page.status(), 200, "{gw}");
+        let echo: Value = page.json().await.unwrap();
+        assert_eq!(echo["headers"]["x-user-id"], "alice");
+    }
+    // Logout on B ends the session for A too.
+    let out = browser.navigate(&format!("{b}/_auth/logout")).await;
+    assert_eq!(out.status(), 302);
+    let again = browser.navigate(&format!("{a}/app/items")).await;
+    assert_eq!(again.status(), 302, "signed out on every replica");
+    // The same callback cannot be replayed.
+    assert_eq!(browser.navigate(&on_b).await.status(), 403);
+}
+
+/// The gateway signs browsers in at the SSO (code + PKCE, confidential
+/// client): the session cookie then works like a bearer token on routes and
+/// in the portal, never reaches the backend, and logout ends both sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_browser_login_with_the_sso() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let (sso_port, gw_port) = (free_port(), free_port());
+    let gw = format!("http://127.0.0.1:{gw_port}");
+    let sso = sso_with_gateway_client(dir.path(), sso_port, &[gw_port]).await;
+    let backend = app_backend().await;
+    let _gateway = Gateway::start(&login_gateway_config(gw_port, &sso, &backend, "")).await;
 
     let browser = Browser::default();
     // A browser without a session is sent to sign in; an API client gets 401.
@@ -1631,17 +1728,7 @@ routes:
     );
     assert!(authorize.contains("code_challenge_method=S256"));
     let form = browser.navigate(&authorize).await.text().await.unwrap();
-    let back = browser
-        .post(
-            &sso.url("/login"),
-            &[
-                ("request", &hidden(&form, "request")),
-                ("csrf", &hidden(&form, "csrf")),
-                ("username", "alice"),
-                ("password", "alice-password"),
-            ],
-        )
-        .await;
+    let back = alice_signs_in(&browser, &sso, &form).await;
     assert_eq!(back.status(), 303);
     let callback = back.headers()["location"].to_str().unwrap().to_owned();
     assert!(

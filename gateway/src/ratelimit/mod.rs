@@ -116,7 +116,9 @@ impl LimiterRegistry {
             .clone()
     }
 
-    fn redis(
+    /// The shared Redis connection for `spec` (also used for browser
+    /// sessions).
+    pub fn redis(
         &self,
         spec: &config::Redis,
         control: &tokio::runtime::Handle,

@@ -133,6 +133,25 @@ impl RedisStore {
         Ok(connection)
     }
 
+    /// One command (GET, SET, DEL…) with the store's timeout; keys get the
+    /// caller's own prefix. Cluster-safe for single-key commands.
+    pub async fn command<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisError> {
+        tokio::time::timeout(self.timeout, async {
+            let connection = self.connection().await?;
+            let reply: T = match connection {
+                Connection::Single(mut c) => cmd.query_async(&mut c).await?,
+                Connection::Cluster(mut c) => cmd.query_async(&mut c).await?,
+            };
+            Ok::<_, RedisError>(reply)
+        })
+        .await
+        .map_err(|_| RedisError::Timeout)
+        .and_then(|r| r)
+    }
+
     /// One decision for `base` + the key digest.
     pub async fn decide(
         &self,
