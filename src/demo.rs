@@ -29,7 +29,7 @@ fn random_text(bytes: usize) -> anyhow::Result<String> {
         .collect())
 }
 
-fn sso_config(ports: &Ports, service_hash: &str) -> String {
+fn sso_config(ports: &Ports, service_hash: &str, gateway_hash: &str) -> String {
     format!(
         "# Written by `portcullis demo`.
 issuer: http://127.0.0.1:{gateway}/sso
@@ -51,6 +51,15 @@ clients:
     secret_hash: '{service_hash}'
     audience: [ demo-api ]
     roles: [ demo ]
+  - client_id: demo-gateway
+    name: Portcullis demo gateway
+    type: confidential
+    first_party: true
+    secret_hash: '{gateway_hash}'
+    grant_types: [ authorization_code, refresh_token ]
+    redirect_uris: [ 'http://127.0.0.1:{gateway}/_auth/callback' ]
+    post_logout_redirect_uris: [ 'http://127.0.0.1:{gateway}/docs/' ]
+    audience: [ demo-api ]
 ",
         gateway = ports.gateway,
         sso = ports.sso,
@@ -69,7 +78,7 @@ fn users_file(user_hash: &str) -> String {
     )
 }
 
-fn gateway_config(ports: &Ports) -> String {
+fn gateway_config(ports: &Ports, gateway_secret: &str) -> String {
     format!(
         "# Written by `portcullis demo`.
 listeners:
@@ -79,6 +88,13 @@ portal: {{ enabled: true, title: Portcullis demo, refresh_interval: 10s }}
 identity:
   providers:
     - {{ name: sso, issuer: 'http://127.0.0.1:{gateway}/sso', jwks_uri: 'http://127.0.0.1:{sso}/sso/jwks', audiences: [ demo-api, demo-ui ] }}
+  login:
+    provider: sso
+    client_id: demo-gateway
+    client_secret: '{gateway_secret}'
+    scopes: [ openid, profile ]
+    post_logout_path: /docs/
+    secure_cookies: false
 upstreams:
   admin: {{ targets: [ '127.0.0.1:{admin}' ], health_check: {{ path: /healthz, interval: 5s }} }}
   sso: {{ targets: [ '127.0.0.1:{sso}' ] }}
@@ -90,7 +106,7 @@ routes:
     match: {{ path_prefix: /api }}
     upstream: admin
     strip_prefix: true
-    auth: {{ mode: required, roles_any: [ demo ] }}
+    auth: {{ mode: required, roles_any: [ demo ], login_redirect: true }}
 ",
         gateway = ports.gateway,
         admin = ports.admin,
@@ -108,12 +124,16 @@ pub fn run(dir: Option<PathBuf>, ports: &Ports) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let password = random_text(16)?;
     let secret = random_text(32)?;
+    let gateway_secret = random_text(32)?;
     let hash = |s: &str| portcullis_sso::hash_secret(s).map_err(anyhow::Error::msg);
     write(&dir.join("users.yaml"), &users_file(&hash(&password)?))?;
     let sso_path = dir.join("sso.yaml");
-    write(&sso_path, &sso_config(ports, &hash(&secret)?))?;
+    write(
+        &sso_path,
+        &sso_config(ports, &hash(&secret)?, &hash(&gateway_secret)?),
+    )?;
     let gateway_path = dir.join("gateway.yaml");
-    write(&gateway_path, &gateway_config(ports))?;
+    write(&gateway_path, &gateway_config(ports, &gateway_secret))?;
 
     let sso = portcullis_config::load_sso(&sso_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let gateway = portcullis_config::load(&gateway_path).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -131,6 +151,8 @@ pub fn run(dir: Option<PathBuf>, ports: &Ports) -> anyhow::Result<()> {
     println!(
         "Portcullis demo (configs in {dir})
   docs portal      http://127.0.0.1:{g}/docs/
+  sign in (browser) http://127.0.0.1:{g}/api/healthz   (then the portal shows what you may call;
+                   sign out: http://127.0.0.1:{g}/_auth/logout)
   merged OpenAPI   http://127.0.0.1:{g}/openapi.json
   SSO discovery    http://127.0.0.1:{g}/sso/.well-known/openid-configuration
   user             demo / {password}   (login page: any authorization request; /sso/register to sign up)
