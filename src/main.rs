@@ -76,6 +76,8 @@ enum SsoCommand {
     /// Read a password or client secret from stdin and print its argon2id
     /// hash, for `secret_hash` and the users file.
     HashPassword,
+    /// Print the JSON Schema of the SSO config file, for editors.
+    Schema,
     /// Validate an SSO config file (and its users file) and exit: 0 valid,
     /// 2 invalid.
     Check {
@@ -177,6 +179,17 @@ fn main() -> ExitCode {
                     ExitCode::from(EXIT_RUNTIME)
                 }
             }
+        }
+        Command::Sso {
+            command: Some(SsoCommand::Schema),
+            ..
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&portcullis_config::sso_json_schema())
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
         }
         Command::Sso {
             command: Some(SsoCommand::Check { config }),

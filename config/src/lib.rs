@@ -239,5 +239,10 @@ pub fn json_schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(FileConfig)).unwrap_or_default()
 }
 
+/// The JSON Schema of the SSO's file (`portcullis sso schema`).
+pub fn sso_json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(SsoConfig)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests;

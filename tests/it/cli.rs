@@ -105,4 +105,9 @@ fn exit_codes_for_arguments_version_and_schema() {
     let output = Command::new(BIN).arg("schema").output().unwrap();
     let schema: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(schema["properties"]["listeners"].is_object());
+    assert!(schema["properties"]["portal"].is_object());
+    let output = Command::new(BIN).args(["sso", "schema"]).output().unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(schema["properties"]["issuer"].is_object());
+    assert!(schema["properties"]["clients"].is_object());
 }
