@@ -604,6 +604,15 @@ pub fn is_browser_navigation(method: &http::Method, headers: &HeaderMap) -> bool
             .is_some_and(|accept| accept.contains("text/html"))
 }
 
+/// Whether one `Cookie` header value has a cookie called `name` (no
+/// allocation: checked for every proxied request).
+pub fn cookie_value_in(value: &[u8], name: &str) -> bool {
+    value.split(|b| *b == b';').any(|pair| {
+        let pair = pair.trim_ascii_start();
+        pair.len() > name.len() && pair.starts_with(name.as_bytes()) && pair[name.len()] == b'='
+    })
+}
+
 /// The `Cookie` header without the session cookie (for the upstream).
 pub fn without_cookie(value: &str, name: &str) -> String {
     value
@@ -631,6 +640,26 @@ mod tests {
             assert_eq!(safe_return_path(Some(evil.into())), "/", "{evil}");
         }
         assert_eq!(safe_return_path(None), "/");
+    }
+
+    #[test]
+    fn session_cookie_is_found_without_allocating() {
+        assert!(cookie_value_in(
+            b"a=1; portcullis_session=s",
+            "portcullis_session"
+        ));
+        assert!(cookie_value_in(
+            b"portcullis_session=s",
+            "portcullis_session"
+        ));
+        assert!(!cookie_value_in(
+            b"portcullis_session_x=s; b=2",
+            "portcullis_session"
+        ));
+        assert!(!cookie_value_in(
+            b"a=portcullis_session=",
+            "portcullis_session"
+        ));
     }
 
     #[test]

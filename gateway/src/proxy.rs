@@ -668,25 +668,30 @@ impl ProxyHttp for Gateway {
         if ctx.session_auth && !(route_has_auth && auth.forward_authorization) {
             upstream.remove_header(&header::AUTHORIZATION);
         }
-        // The session cookie is the gateway's; backends never see it.
+        // The session cookie is the gateway's; backends never see it. Only a
+        // request that carries it pays for the rewrite.
         if let Some(login) = &ctx.snapshot.login {
             let name = login.cookie_name();
-            let cookies: Vec<String> = upstream
+            let carries = upstream
                 .headers
                 .get_all(header::COOKIE)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(|v| crate::login::without_cookie(v, name))
-                .filter(|v| !v.is_empty())
-                .collect();
-            if upstream.headers.contains_key(header::COOKIE) {
+                .any(|v| crate::login::cookie_value_in(v.as_bytes(), name));
+            if carries {
+                let cookies: Vec<String> = upstream
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(|v| crate::login::without_cookie(v, name))
+                    .filter(|v| !v.is_empty())
+                    .collect();
                 upstream.remove_header(&header::COOKIE);
                 if !cookies.is_empty() {
                     upstream.insert_header(header::COOKIE, cookies.join("; "))?;
                 }
             }
         }
-
         if let Some(path) = &ctx.upstream_path {
             let uri = match upstream.uri.query() {
                 Some(query) => format!("{path}?{query}"),

@@ -121,7 +121,7 @@ impl Sso {
         response
     }
 
-    pub(crate) fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+    fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.config.session.secure_cookies {
             "; Secure"
         } else {
@@ -138,7 +138,7 @@ impl Sso {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid=1; Max-Age=0"))
     }
 
-    pub(crate) fn csrf_cookie_name(&self) -> String {
+    fn csrf_cookie_name(&self) -> String {
         format!("{}_csrf", self.config.session.cookie)
     }
 
@@ -228,7 +228,7 @@ impl Sso {
                 "action": format!("{}/login", self.base_path),
                 "request": request_id,
                 "csrf": pending.csrf,
-                "client_name": client.name.clone().unwrap_or_else(|| client.client_id.clone()),
+                "client_name": display_name(client),
                 "username": username,
                 "error": error,
                 "register": (self.config.users.registration != portcullis_config::sso::Registration::Closed)
@@ -236,40 +236,36 @@ impl Sso {
             }),
         );
         *response.status_mut() = status;
-        if let Ok(value) = HeaderValue::from_str(&pending.csrf) {
-            let _ = value;
-            response.headers_mut().append(
-                header::SET_COOKIE,
-                self.cookie(
-                    &self.csrf_cookie_name(),
-                    &pending.csrf,
-                    PENDING_TTL.as_secs(),
-                ),
-            );
-        }
-        response
+        self.with_csrf_cookie(response, &pending.csrf)
     }
 
     fn consent_form(&self, request_id: &str, pending: &Pending, client: &Client) -> Response {
-        let mut response = self.render(
+        let response = self.render(
             "consent.html",
             json!({
                 "action": format!("{}/consent", self.base_path),
                 "request": request_id,
                 "csrf": pending.csrf,
-                "client_name": client.name.clone().unwrap_or_else(|| client.client_id.clone()),
+                "client_name": display_name(client),
                 "scopes": pending.scope.split(' ').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
             }),
         );
+        self.with_csrf_cookie(response, &pending.csrf)
+    }
+
+    /// A form page with its CSRF token also set as a cookie (double submit).
+    pub(crate) fn with_csrf_cookie(&self, mut response: Response, csrf: &str) -> Response {
         response.headers_mut().append(
             header::SET_COOKIE,
-            self.cookie(
-                &self.csrf_cookie_name(),
-                &pending.csrf,
-                PENDING_TTL.as_secs(),
-            ),
+            self.cookie(&self.csrf_cookie_name(), csrf, PENDING_TTL.as_secs()),
         );
         response
+    }
+
+    /// Whether a form's CSRF token equals the cookie set with the form.
+    pub(crate) fn csrf_cookie_matches(&self, headers: &HeaderMap, form_csrf: &str) -> bool {
+        let cookie = cookie_value(headers, &self.csrf_cookie_name()).unwrap_or_default();
+        !form_csrf.is_empty() && bool::from(cookie.as_bytes().ct_eq(form_csrf.as_bytes()))
     }
 
     pub(crate) async fn load_pending(&self, id: &str) -> Option<Pending> {
@@ -358,10 +354,8 @@ impl Sso {
 
     /// The form's CSRF token must match the pending request's and the cookie.
     fn csrf_ok(&self, headers: &HeaderMap, pending: &Pending, form_csrf: &str) -> bool {
-        let cookie = cookie_value(headers, &self.csrf_cookie_name()).unwrap_or_default();
-        let a: bool = pending.csrf.as_bytes().ct_eq(form_csrf.as_bytes()).into();
-        let b: bool = cookie.as_bytes().ct_eq(form_csrf.as_bytes()).into();
-        a && b && !form_csrf.is_empty()
+        let pending_matches: bool = pending.csrf.as_bytes().ct_eq(form_csrf.as_bytes()).into();
+        pending_matches & self.csrf_cookie_matches(headers, form_csrf)
     }
 }
 
@@ -738,28 +732,24 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
     let session = sso.session(&headers).await;
     // Without a valid ID token hint anyone's page could sign the user out
     // (logout CSRF): ask first, with a form only this origin can submit.
-    let confirmed = query.csrf.as_deref().is_some_and(|csrf| {
-        let cookie = cookie_value(&headers, &sso.csrf_cookie_name()).unwrap_or_default();
-        !csrf.is_empty() && bool::from(cookie.as_bytes().ct_eq(csrf.as_bytes()))
-    });
+    let confirmed = query
+        .csrf
+        .as_deref()
+        .is_some_and(|csrf| sso.csrf_cookie_matches(&headers, csrf));
     if hint.is_none() && session.is_some() && !confirmed {
         let csrf = random_id(24);
-        let mut response = sso.render(
+        let response = sso.render(
             "logout.html",
             json!({
                 "action": format!("{}/end_session", sso.base_path),
                 "csrf": csrf,
                 "client_id": client.as_ref().map(|c| c.client_id.clone()),
-                "client_name": client.as_ref().map(|c| c.name.clone().unwrap_or_else(|| c.client_id.clone())),
+                "client_name": client.as_deref().map(display_name),
                 "post_logout_redirect_uri": redirect,
                 "state": query.state,
             }),
         );
-        response.headers_mut().append(
-            header::SET_COOKIE,
-            sso.cookie(&sso.csrf_cookie_name(), &csrf, PENDING_TTL.as_secs()),
-        );
-        return response;
+        return sso.with_csrf_cookie(response, &csrf);
     }
     if let Some(id) = cookie_value(&headers, &sso.config.session.cookie) {
         let _ = sso.store.delete(&format!("session:{}", digest(&id))).await;
@@ -785,8 +775,16 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
     response
 }
 
+/// How a client is named on the pages.
+fn display_name(client: &Client) -> String {
+    client
+        .name
+        .clone()
+        .unwrap_or_else(|| client.client_id.clone())
+}
+
 /// A cookie's value from the request.
-pub(crate) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

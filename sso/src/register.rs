@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Form;
 use portcullis_config::sso::{Registration, User};
@@ -16,7 +16,6 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::clients::hash_secret;
-use crate::flow::cookie_value;
 use crate::oauth::random_id;
 use crate::store::digest;
 use crate::users::RegisterRefused;
@@ -70,11 +69,7 @@ impl Sso {
             }),
         );
         *response.status_mut() = status;
-        response.headers_mut().append(
-            header::SET_COOKIE,
-            self.cookie(&self.csrf_cookie_name(), csrf, 600),
-        );
-        response
+        self.with_csrf_cookie(response, csrf)
     }
 
     fn registration_closed(&self) -> Option<Response> {
@@ -129,8 +124,7 @@ pub async fn submit(
     if let Some(closed) = sso.registration_closed() {
         return closed;
     }
-    let cookie = cookie_value(&headers, &sso.csrf_cookie_name()).unwrap_or_default();
-    if form.csrf.is_empty() || !bool::from(cookie.as_bytes().ct_eq(form.csrf.as_bytes())) {
+    if !sso.csrf_cookie_matches(&headers, &form.csrf) {
         return sso.message_page(
             StatusCode::FORBIDDEN,
             "Request refused",

@@ -679,16 +679,7 @@ async fn two_replicas_share_redis_sessions_codes_and_refresh_tokens() {
         .await;
     // web-ui is not first-party: consent first.
     let consent_html = login.text().await.unwrap();
-    let consented = browser
-        .post(
-            &format!("{base_a}/consent"),
-            &[
-                ("request", &hidden(&consent_html, "request")),
-                ("csrf", &hidden(&consent_html, "csrf")),
-                ("decision", "allow"),
-            ],
-        )
-        .await;
+    let consented = allow_consent(&browser, &base_a, &consent_html).await;
     let code = code_from(&consented);
     let (status, tokens) = redeem(&base_b, &code, &verifier).await;
     assert_eq!(status, 200, "{tokens}");
@@ -1222,18 +1213,7 @@ async fn registration_open_invite_only_and_the_legacy_password_grant() {
     erin[0] = ("username", "erin");
     let consent = register(&browser, &base, &request, &erin).await;
     let html = consent.text().await.unwrap();
-    let code = code_from(
-        &browser
-            .post(
-                &format!("{base}/consent"),
-                &[
-                    ("request", &hidden(&html, "request")),
-                    ("csrf", &hidden(&html, "csrf")),
-                    ("decision", "allow"),
-                ],
-            )
-            .await,
-    );
+    let code = code_from(&allow_consent(&browser, &base, &html).await);
     let (status, tokens) = redeem(&base, &code, &verifier).await;
     assert_eq!(status, 200, "{tokens}");
     let (_, claims) = verify_for(&sso, tokens["access_token"].as_str().unwrap(), "web-ui").await;
@@ -1489,6 +1469,20 @@ async fn slow_clients_are_cut_off_and_sigterm_exits() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// The user allows the consent page `html`.
+async fn allow_consent(browser: &Browser, base: &str, html: &str) -> reqwest::Response {
+    browser
+        .post(
+            &format!("{base}/consent"),
+            &[
+                ("request", &hidden(html, "request")),
+                ("csrf", &hidden(html, "csrf")),
+                ("decision", "allow"),
+            ],
+        )
+        .await
+}
+
 /// Whether the browser's session answers an authorization at once.
 async fn signed_in(browser: &Browser, base: &str) -> bool {
     let (_, challenge) = pkce();
@@ -1507,18 +1501,7 @@ async fn logout_without_a_hint_asks_first() {
     let browser = Browser::default();
     let consent = try_login(&browser, &base, "alice", "alice-password").await;
     let html = consent.text().await.unwrap();
-    code_from(
-        &browser
-            .post(
-                &format!("{base}/consent"),
-                &[
-                    ("request", &hidden(&html, "request")),
-                    ("csrf", &hidden(&html, "csrf")),
-                    ("decision", "allow"),
-                ],
-            )
-            .await,
-    );
+    code_from(&allow_consent(&browser, &base, &html).await);
     assert!(signed_in(&browser, &base).await);
 
     // A page elsewhere linking to end_session gets a question, not a logout.
