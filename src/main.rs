@@ -251,6 +251,9 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => match portcullis_config::load(&config) {
             Ok(valid) => {
+                for warning in valid.warnings() {
+                    eprintln!("warning: {warning}");
+                }
                 println!(
                     "{}: ok ({} listeners, {} upstreams, {} routes)",
                     config.display(),
@@ -267,7 +270,12 @@ fn main() -> ExitCode {
         },
         Command::Gateway { config } => {
             let valid = match portcullis_config::load(&config) {
-                Ok(valid) => valid,
+                Ok(valid) => {
+                    for warning in valid.warnings() {
+                        log::warn!("{warning}");
+                    }
+                    valid
+                }
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(EXIT_INVALID);

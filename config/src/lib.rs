@@ -37,6 +37,35 @@ pub struct ValidConfig {
     pub spans: SpanIndex,
 }
 
+impl ValidConfig {
+    /// Settings that are valid but weaken a security check, each as
+    /// `file:line:column: key.path: message` (printed by `portcullis check`
+    /// and logged at start and reload).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = ConfigErrors::new(self.source.display().to_string());
+        let mut warn = |path: KeyPath, message: &str| {
+            let span = self.spans.find(&path);
+            warnings.push(span, path, message);
+        };
+        for (i, provider) in self.config.identity.providers.iter().enumerate() {
+            if provider.insecure_skip_audience {
+                warn(
+                    KeyPath::default()
+                        .child_key("identity")
+                        .child_key("providers")
+                        .child_index(i)
+                        .child_key("insecure_skip_audience"),
+                    "tokens minted for any other service of this provider are accepted (RFC 8725 §3.9); list `audiences` instead",
+                );
+            }
+        }
+        if warnings.is_empty() {
+            return Vec::new();
+        }
+        warnings.to_string().lines().map(str::to_owned).collect()
+    }
+}
+
 /// Key path → position in the file.
 #[derive(Clone, Debug, Default)]
 pub struct SpanIndex {

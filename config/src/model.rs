@@ -245,12 +245,26 @@ pub struct Identity {
     /// `headers` and the prefixes `X-User-` and `X-Auth-`.
     #[serde(default)]
     pub reserved_prefixes: Option<Vec<String>>,
-    /// Separator for arrays put into one header. Defaults to `,`.
-    #[serde(default = "default_separator")]
-    pub separator: String,
+    /// More header names that clients may never send (stripped like the
+    /// built-in set: `X-Forwarded-User`, `Remote-User`, `X-Real-IP`,
+    /// `X-Original-URL`, … — see the README). Defaults to none.
+    #[serde(default)]
+    pub reserved_headers: Vec<String>,
+    /// How a list claim (roles, groups) is put into one header. Without a
+    /// separator (the default): an RFC 8941 List of Strings, `"reader",
+    /// "admin"` — unambiguous whatever the items hold. With one (e.g. `,`):
+    /// items joined with it, and an item that contains it is left out
+    /// (logged), so one role never reaches a backend as two. Defaults to none.
+    #[serde(default)]
+    pub separator: Option<String>,
     /// Forward the client's `Authorization` header upstream. Defaults to false.
     #[serde(default)]
     pub forward_authorization: bool,
+    /// Say in 401 answers which check a token failed (`error_description`).
+    /// For development: it tells an attacker what to try next. The reason
+    /// is always in the access log. Defaults to false.
+    #[serde(default)]
+    pub insecure_error_details: bool,
     /// Verified tokens kept in memory. Defaults to 100000.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: u64,
@@ -374,8 +388,10 @@ impl Default for Identity {
             providers: Vec::new(),
             headers: BTreeMap::new(),
             reserved_prefixes: None,
-            separator: default_separator(),
+            reserved_headers: Vec::new(),
+            separator: None,
             forward_authorization: false,
+            insecure_error_details: false,
             cache_entries: default_cache_entries(),
             internal_token: None,
             api_keys: Vec::new(),
@@ -446,9 +462,6 @@ fn default_internal_issuer() -> String {
     "portcullis".to_owned()
 }
 
-fn default_separator() -> String {
-    ",".to_owned()
-}
 const fn default_cache_entries() -> u64 {
     100_000
 }
@@ -784,9 +797,96 @@ pub struct Server {
     /// Request limits.
     #[serde(default)]
     pub limits: Limits,
+    /// How request paths are brought to one canonical form before routing,
+    /// policy and the backend see them.
+    #[serde(default)]
+    pub paths: Paths,
+    /// Request header names with `_`: `reject` (400), `drop` (removed) or
+    /// `allow`. Many servers read `X_User` as `X-User`, so such names can
+    /// slip past checks made on the other spelling. Defaults to reject.
+    #[serde(default)]
+    pub headers_with_underscores: Underscores,
     /// Write one JSON access-log line per request to stdout. Defaults to true.
     #[serde(default = "default_true")]
     pub access_log: bool,
+}
+
+/// Path canonicalisation (README "Canonical requests"). Every decision and
+/// the backend see the same canonical path: `.` and `..` resolved,
+/// unreserved escapes decoded, escapes in upper case.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    /// Merge runs of `/` into one (`//admin` → `/admin`). Defaults to true.
+    #[serde(default = "default_true")]
+    pub merge_slashes: bool,
+    /// `%2F`, `%5C` and `\` in a path: `reject` (400) or `keep_escaped`
+    /// (kept as `%2F` / `%5C`: part of a segment, never a separator).
+    /// Defaults to reject.
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// `;` in a path: `reject` (400) or `keep` (as data; `..;` and `.;`
+    /// segments are refused even then). Defaults to reject, since servlet
+    /// containers strip `;params` before matching.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            merge_slashes: true,
+            escaped_slashes: EscapedSlashes::Reject,
+            path_parameters: PathParameters::Reject,
+        }
+    }
+}
+
+impl Paths {
+    /// The rules of the canonicalisation crate.
+    pub fn rules(&self) -> portcullis_canonical::Rules {
+        let Paths {
+            merge_slashes,
+            escaped_slashes,
+            path_parameters,
+        } = self;
+        portcullis_canonical::Rules {
+            merge_slashes: *merge_slashes,
+            escaped_slashes: match escaped_slashes {
+                EscapedSlashes::Reject => portcullis_canonical::EscapedSlashes::Reject,
+                EscapedSlashes::KeepEscaped => portcullis_canonical::EscapedSlashes::KeepEscaped,
+            },
+            path_parameters: match path_parameters {
+                PathParameters::Reject => portcullis_canonical::PathParameters::Reject,
+                PathParameters::Keep => portcullis_canonical::PathParameters::Keep,
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    #[default]
+    Reject,
+    KeepEscaped,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Underscores {
+    #[default]
+    Reject,
+    Drop,
+    Allow,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    #[default]
+    Reject,
+    Keep,
 }
 
 impl Default for Server {
@@ -797,6 +897,8 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             watch_config: true,
             limits: Limits::default(),
+            paths: Paths::default(),
+            headers_with_underscores: Underscores::default(),
             access_log: true,
         }
     }
@@ -825,6 +927,10 @@ pub struct Limits {
     /// Most request headers; more is answered 431. Defaults to 100.
     #[serde(default = "default_max_header_count")]
     pub max_header_count: usize,
+    /// Longest request target (path and query); more is answered 414.
+    /// Defaults to 8KiB (nginx's request-line buffer).
+    #[serde(default = "default_max_uri_size")]
+    pub max_uri_size: ByteSize,
     /// Time allowed to receive the whole request line and headers, counted
     /// from the connection's start (or the next request's first byte on a
     /// keep-alive connection), so a client trickling bytes is cut off.
@@ -846,6 +952,7 @@ impl Default for Limits {
             max_body_size: default_max_body(),
             max_header_size: default_max_header_size(),
             max_header_count: default_max_header_count(),
+            max_uri_size: default_max_uri_size(),
             header_timeout: default_header_timeout(),
             body_read_timeout: default_body_read_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
@@ -861,6 +968,9 @@ fn default_max_header_size() -> ByteSize {
 }
 const fn default_max_header_count() -> usize {
     100
+}
+fn default_max_uri_size() -> ByteSize {
+    ByteSize(8 * 1024)
 }
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)

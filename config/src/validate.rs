@@ -590,9 +590,15 @@ impl<'a> Checker<'a> {
             );
         }
         let mut params = Vec::new();
+        let rules = config.server.paths.rules();
         if let Some(path) = &m.path {
             match check_path_template(path) {
-                Ok(names) => params = names,
+                Ok(names) => {
+                    params = names;
+                    if let Err(message) = check_canonical(path, &rules) {
+                        self.problem(matcher_at.child_key("path"), message);
+                    }
+                }
                 Err(message) => self.problem(matcher_at.child_key("path"), message),
             }
         }
@@ -602,6 +608,8 @@ impl<'a> Checker<'a> {
                     matcher_at.child_key("path_prefix"),
                     "must start with `/` and contain no `{`, `}` or `*`",
                 );
+            } else if let Err(message) = check_canonical(prefix, &rules) {
+                self.problem(matcher_at.child_key("path_prefix"), message);
             }
         }
         for (i, method) in m.methods.iter().enumerate() {
@@ -719,6 +727,45 @@ fn check_host(host: &str) -> Result<(), String> {
         return Err(format!("`{host}`: write host names in lower case"));
     }
     check_dns_name(name)
+}
+
+/// Requests are matched in canonical form (see `portcullis_canonical`), so
+/// a route written otherwise could never match, or not what it seems to.
+/// `{param}` segments stand for any canonical segment.
+fn check_canonical(path: &str, rules: &portcullis_canonical::Rules) -> Result<(), String> {
+    let literal: String = path
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with('{') {
+                "p"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/");
+    match portcullis_canonical::canonical_path(literal.as_bytes(), rules) {
+        Ok(canonical) if canonical == literal => Ok(()),
+        Ok(canonical) => {
+            // Put the parameters back for the suggestion.
+            let suggestion: String = if canonical.split('/').count() == path.split('/').count() {
+                canonical
+                    .split('/')
+                    .zip(path.split('/'))
+                    .map(|(c, p)| if p.starts_with('{') { p } else { c })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            } else {
+                canonical.into_owned()
+            };
+            Err(format!(
+                "`{path}` is not in canonical form (requests are matched after normalisation, see `server.paths`): write `{suggestion}`"
+            ))
+        }
+        Err(reason) => Err(format!(
+            "`{path}` can never match: {reason} (see `server.paths`)"
+        )),
+    }
 }
 
 /// A path that may hold `{name}` parameters as whole segments; returns the

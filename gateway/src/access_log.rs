@@ -30,6 +30,10 @@ pub struct AccessLine<'a> {
     /// An injected fault (`delay`, `abort`), so test traffic is told apart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<&'static str>,
+    /// Why the gateway refused the request (which token check failed, which
+    /// target rule): never sent to the client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
 }
 
 pub fn now() -> String {

@@ -11,6 +11,9 @@ pub enum GatewayError {
     NoRoute,
     #[error("authentication required")]
     Unauthorized,
+    /// Deliberately says no more: why a token failed is in the access log.
+    #[error("invalid token")]
+    InvalidToken,
     #[error("forbidden")]
     Forbidden,
     #[error("the identity provider is unavailable")]
@@ -37,6 +40,12 @@ pub enum GatewayError {
     HeadersTooLarge,
     #[error("bad request")]
     BadRequest,
+    #[error("bad request target: {0}")]
+    BadTarget(portcullis_canonical::Rejection),
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("bad request: a header name contains `_`")]
+    UnderscoreInHeaderName,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("client too slow")]
@@ -49,7 +58,7 @@ impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
             GatewayError::NoRoute => 404,
-            GatewayError::Unauthorized => 401,
+            GatewayError::Unauthorized | GatewayError::InvalidToken => 401,
             GatewayError::Forbidden => 403,
             GatewayError::IdentityUnavailable | GatewayError::LimiterUnavailable => 503,
             GatewayError::TooManyRequests => 429,
@@ -60,7 +69,10 @@ impl GatewayError {
             GatewayError::UpstreamTimeout => 504,
             GatewayError::BodyTooLarge => 413,
             GatewayError::HeadersTooLarge => 431,
-            GatewayError::BadRequest => 400,
+            GatewayError::BadRequest
+            | GatewayError::BadTarget(_)
+            | GatewayError::UnderscoreInHeaderName => 400,
+            GatewayError::UriTooLong => 414,
             GatewayError::MethodNotAllowed => 405,
             GatewayError::ClientTimeout => 408,
             GatewayError::Internal => 500,
@@ -81,6 +93,7 @@ impl GatewayError {
             431 => GatewayError::HeadersTooLarge,
             408 => GatewayError::ClientTimeout,
             400 => GatewayError::BadRequest,
+            414 => GatewayError::UriTooLong,
             405 => GatewayError::MethodNotAllowed,
             502 => GatewayError::UpstreamFailed,
             _ => GatewayError::Internal,

@@ -1,7 +1,8 @@
 //! Portcullis gateway: the edge proxy on pingora.
 //!
 //! Modules, in the order a request meets them: [`guard`] (slow-client
-//! deadline on the raw connection), [`proxy`] (pingora glue), [`routing`],
+//! deadline on the raw connection), [`proxy`] (pingora glue), [`target`]
+//! (the canonical request target), [`routing`],
 //! [`upstream`], [`headers`], [`errors`]; around them [`snapshot`] (the
 //! compiled config), [`reload`], [`tls`], [`admin`], [`metrics`] and
 //! [`access_log`]. LIFECYCLE.md tells the request and reload flows.
@@ -20,6 +21,7 @@ pub mod ratelimit;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod target;
 pub mod tls;
 pub mod upstream;
 

@@ -65,6 +65,8 @@ pub struct RequestCtx {
     fault: Option<&'static str>,
     /// `Authorization` was set by us from the browser's session.
     session_auth: bool,
+    /// Why the gateway refused the request, for the access log only.
+    reason: Option<&'static str>,
 }
 
 fn status_error(error: GatewayError) -> Box<Error> {
@@ -88,16 +90,28 @@ impl Gateway {
         ctx: &mut RequestCtx,
         error: AuthError,
     ) -> Result<bool> {
+        // The challenge names the RFC 6750 error code only: telling a
+        // caller which check its token failed helps nobody but an attacker.
+        // The reason goes to the access log.
+        let details = ctx.snapshot.auth.insecure_error_details;
         let (status, challenge) = match error {
-            AuthError::Missing => (GatewayError::Unauthorized, "Bearer realm=\"portcullis\"".to_owned()),
-            AuthError::Invalid(reason) => (
-                GatewayError::Unauthorized,
-                format!("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{reason}\""),
-            ),
-            AuthError::Forbidden => (
-                GatewayError::Forbidden,
-                "Bearer realm=\"portcullis\", error=\"insufficient_scope\"".to_owned(),
-            ),
+            AuthError::Missing => (GatewayError::Unauthorized, CHALLENGE.clone()),
+            AuthError::Invalid(reason) => {
+                ctx.reason = Some(reason);
+                let challenge = if details {
+                    http::HeaderValue::from_str(&format!(
+                        "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{reason}\""
+                    ))
+                    .unwrap_or_else(|_| CHALLENGE_INVALID.clone())
+                } else {
+                    CHALLENGE_INVALID.clone()
+                };
+                (GatewayError::InvalidToken, challenge)
+            }
+            AuthError::Forbidden => {
+                ctx.reason = Some("lacks a required role, scope or claim");
+                (GatewayError::Forbidden, CHALLENGE_FORBIDDEN.clone())
+            }
             AuthError::Unavailable => {
                 return self
                     .reject(session, ctx, GatewayError::IdentityUnavailable)
@@ -110,8 +124,8 @@ impl Gateway {
             headers::request_id_str(&ctx.request_id),
             status.status()
         );
-        let challenge = http::HeaderValue::from_str(&challenge).ok();
-        self.reject_with(session, ctx, status, challenge).await
+        self.reject_with(session, ctx, status, Some(challenge))
+            .await
     }
 
     async fn reject_with(
@@ -290,6 +304,7 @@ impl ProxyHttp for Gateway {
             _bulkhead: None,
             fault: None,
             session_auth: false,
+            reason: None,
         }
     }
 
@@ -325,6 +340,50 @@ impl ProxyHttp for Gateway {
                 }
                 Some(_) => {}
                 None => return self.reject(session, ctx, GatewayError::BadRequest).await,
+            }
+        }
+
+        if snapshot.underscores != config::Underscores::Allow
+            && session
+                .req_header()
+                .headers
+                .keys()
+                .any(|name| name.as_str().contains('_'))
+        {
+            if snapshot.underscores == config::Underscores::Reject {
+                return self
+                    .reject(session, ctx, GatewayError::UnderscoreInHeaderName)
+                    .await;
+            }
+            let req = session.req_header_mut();
+            let dropped: Vec<http::HeaderName> = req
+                .headers
+                .keys()
+                .filter(|name| name.as_str().contains('_'))
+                .cloned()
+                .collect();
+            for name in &dropped {
+                req.remove_header(name);
+            }
+        }
+
+        // One canonical target before anything looks at the path: from
+        // here on the request's URI is that target, for every stage and
+        // for the backend (README "Canonical requests").
+        if session.req_header().raw_path().len() > limits.max_uri_size {
+            return self.reject(session, ctx, GatewayError::UriTooLong).await;
+        }
+        match crate::target::canonicalise(session.req_header_mut(), &snapshot.paths) {
+            Ok(crate::target::Canonical::Resource) => {}
+            Ok(crate::target::Canonical::Server) => return answer_options_star(session, ctx).await,
+            Err(reason) => {
+                log::info!(
+                    "request {}: 400 ({reason})",
+                    headers::request_id_str(&ctx.request_id)
+                );
+                return self
+                    .reject(session, ctx, GatewayError::BadTarget(reason))
+                    .await;
             }
         }
 
@@ -743,6 +802,19 @@ impl ProxyHttp for Gateway {
             };
             upstream.insert_header(headers::FORWARDED, forwarded)?;
         }
+        // The client's address as the rate limiter sees it (the right-most
+        // untrusted hop); whatever the client sent under this name was
+        // stripped above as reserved.
+        if let Some(real) = ratelimit::client_ip(
+            client,
+            &session.req_header().headers,
+            &ctx.snapshot.trusted_proxies,
+        ) {
+            let mut ip_buf = IpText::default();
+            if let Ok(value) = http::HeaderValue::from_str(ip_buf.format(real)) {
+                upstream.insert_header(headers::X_REAL_IP, value)?;
+            }
+        }
         if !(trusted && upstream.headers.contains_key(headers::X_FORWARDED_PROTO)) {
             let proto = if ctx.is_tls { &HTTPS } else { &HTTP };
             upstream.insert_header(headers::X_FORWARDED_PROTO, proto.clone())?;
@@ -906,6 +978,7 @@ impl ProxyHttp for Gateway {
             attempts: ctx.attempts,
             error: e.map(|e| e.etype().as_str().to_owned()),
             fault: ctx.fault,
+            reason: ctx.reason,
         };
         access_log::write(&line);
     }
@@ -931,6 +1004,35 @@ async fn serve_internal_jwks(
     Ok(true)
 }
 
+/// `OPTIONS *` asks about the server, not a resource (RFC 9110 §9.3.7).
+async fn answer_options_star(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let mut header = ResponseHeader::build(200, Some(3))?;
+    header.insert_header(
+        header::ALLOW,
+        "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+    )?;
+    write_bodyless(session, ctx, header).await
+}
+
+/// Writes a response without a body (length 0, the request id added).
+async fn write_bodyless(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut header: ResponseHeader,
+) -> Result<bool> {
+    header.insert_header(header::CONTENT_LENGTH, "0")?;
+    header.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+    session
+        .write_response_header(Box::new(header), true)
+        .await?;
+    Ok(true)
+}
+
+static CHALLENGE: http::HeaderValue = http::HeaderValue::from_static("Bearer realm=\"portcullis\"");
+static CHALLENGE_INVALID: http::HeaderValue =
+    http::HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"invalid_token\"");
+static CHALLENGE_FORBIDDEN: http::HeaderValue =
+    http::HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"insufficient_scope\"");
 static HTTP: http::HeaderValue = http::HeaderValue::from_static("http");
 static HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
@@ -999,10 +1101,5 @@ async fn redirect_to_https(session: &mut Session, ctx: &mut RequestCtx, port: u1
     };
     let mut header = ResponseHeader::build(308, Some(3))?;
     header.insert_header(header::LOCATION, location)?;
-    header.insert_header(header::CONTENT_LENGTH, "0")?;
-    header.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
-    session
-        .write_response_header(Box::new(header), true)
-        .await?;
-    Ok(true)
+    write_bodyless(session, ctx, header).await
 }

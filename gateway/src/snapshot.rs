@@ -29,6 +29,7 @@ pub struct Limits {
     pub max_body_size: u64,
     pub max_header_size: usize,
     pub max_header_count: usize,
+    pub max_uri_size: usize,
     pub body_read_timeout: std::time::Duration,
     pub keepalive_seconds: u64,
 }
@@ -39,6 +40,10 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<ListenerPolicy>,
     pub limits: Limits,
+    /// How request targets are canonicalised.
+    pub paths: portcullis_canonical::Rules,
+    /// What to do with header names that contain `_`.
+    pub underscores: config::Underscores,
     pub trusted_proxies: Vec<IpNet>,
     pub access_log: bool,
     /// Token validation, identity headers and the reserved header names.
@@ -204,9 +209,12 @@ impl Snapshot {
                     max_header_size: usize::try_from(limits.max_header_size.0)
                         .unwrap_or(usize::MAX),
                     max_header_count: limits.max_header_count,
+                    max_uri_size: usize::try_from(limits.max_uri_size.0).unwrap_or(usize::MAX),
                     body_read_timeout: limits.body_read_timeout.0,
                     keepalive_seconds: limits.keepalive_timeout.0.as_secs(),
                 },
+                paths: config.server.paths.rules(),
+                underscores: config.server.headers_with_underscores,
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 auth,
                 route_auth,

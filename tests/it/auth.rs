@@ -191,7 +191,7 @@ async fn valid_tokens_become_identity_headers() {
         let echo: Echo = response.json().await.unwrap();
         assert_eq!(echo.headers["x-user-id"], "alice");
         assert_eq!(echo.headers["x-user-email"], "alice@example.com");
-        assert_eq!(echo.headers["x-user-roles"], "orders-reader,dev");
+        assert_eq!(echo.headers["x-user-roles"], r#""orders-reader", "dev""#);
         assert!(
             !echo.headers.contains_key("authorization"),
             "token forwarded"
@@ -499,11 +499,12 @@ async fn hostile_tokens_are_rejected() {
 async fn identity_headers_cannot_be_spoofed() {
     let (gateway, idp, echo) = setup(&["rsa-a"]).await;
     let token = idp.token("alice", &["orders-reader"]);
+    // (`_` spellings: `reserved_headers_table`, since the default answers 400.)
     let spoofs = [
         ("X-User-Id", "root"),
         ("x-user-id", "root2"),
-        ("X_User_Id", "root3"),
-        ("x_user_roles", "admin"),
+        ("X-USER-ID", "root3"),
+        ("x-user-roles", "admin"),
         ("X-User-Email", "root@example.com"),
         ("X-Auth-Anything", "yes"),
         ("X-USER-TENANT", "other"),
@@ -526,10 +527,7 @@ async fn identity_headers_cannot_be_spoofed() {
         let forged: BTreeMap<_, _> = echo
             .headers
             .iter()
-            .filter(|(k, _)| {
-                let k = k.replace('_', "-");
-                k.starts_with("x-user-") || k.starts_with("x-auth-")
-            })
+            .filter(|(k, _)| k.starts_with("x-user-") || k.starts_with("x-auth-"))
             .collect();
         match expect_user {
             Some(user) => {
@@ -537,7 +535,7 @@ async fn identity_headers_cannot_be_spoofed() {
                     echo.headers.get("x-user-id").map(String::as_str),
                     Some(user)
                 );
-                assert_eq!(echo.headers["x-user-roles"], "orders-reader");
+                assert_eq!(echo.headers["x-user-roles"], r#""orders-reader""#);
                 assert_eq!(forged.len(), 3, "{forged:?}");
             }
             None => assert!(
@@ -594,7 +592,7 @@ async fn identity_headers_are_stripped_on_retries() {
         let echo: Echo = client()
             .get(gateway.url("/orders/r"))
             .header("authorization", format!("Bearer {token}"))
-            .header("X_User_Id", "root")
+            .header("X-USER-ID", "root")
             .header("x-user-roles", "admin")
             .send()
             .await
@@ -604,8 +602,8 @@ async fn identity_headers_are_stripped_on_retries() {
             .unwrap();
         assert_eq!(echo.backend, "ok");
         assert_eq!(echo.headers["x-user-id"], "alice");
-        assert_eq!(echo.headers["x-user-roles"], "orders-reader");
-        assert!(!echo.headers.contains_key("x_user_id"));
+        assert_eq!(echo.headers["x-user-roles"], r#""orders-reader""#);
+        assert!(!echo.headers.values().any(|v| v == "root" || v == "admin"));
     }
     assert!(failing.hits.load(Ordering::SeqCst) >= 1);
 }
@@ -949,4 +947,239 @@ async fn authorization_is_forwarded_only_when_configured() {
         .unwrap();
     assert_eq!(seen.headers["authorization"], format!("Bearer {token}"));
     assert_eq!(seen.headers["x-user-id"], "alice");
+}
+
+/// Headers the edge-hardening issue names, and others backends trust.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "X-User-Id",
+    "X-User-Roles",
+    "X-User-Email",
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Access-Token",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Auth-Request-Groups",
+    "Remote-User",
+    "Remote-Groups",
+    "X-Remote-User",
+    "X-Remote-Group",
+    "X-Id-Token",
+    "X-Access-Token",
+    "X-Real-IP",
+    "True-Client-IP",
+    "X-Client-IP",
+    "CF-Connecting-IP",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Original-Method",
+    "X-HTTP-Method-Override",
+    "X-Pomerium-Claim-Email",
+    "X-Amzn-Oidc-Identity",
+    "X-Custom-Trusted",
+];
+
+/// Every spelling of every reserved name: as written, lower case, upper
+/// case, and with `_` for `-`.
+pub fn reserved_spellings() -> Vec<String> {
+    let mut out = Vec::new();
+    for name in RESERVED_HEADERS {
+        out.push((*name).to_owned());
+        out.push(name.to_ascii_lowercase());
+        out.push(name.to_ascii_uppercase());
+        out.push(name.replace('-', "_"));
+        out.push(name.to_ascii_lowercase().replacen('-', "_", 1));
+    }
+    out
+}
+
+/// Asserts that no value a client sent under a reserved name reached the
+/// backend.
+pub fn assert_nothing_spoofed(seen: &Value, context: &str) {
+    let headers = seen["headers"].as_object().expect("echo headers");
+    let leaked: Vec<String> = headers
+        .iter()
+        .filter(|(_, v)| v.as_str().is_some_and(|v| v.contains("spoofed")))
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    assert!(leaked.is_empty(), "{context}: {leaked:?}");
+}
+
+/// Acceptance 2 of the edge-hardening issue: `aud` is required (accepted
+/// without only by the opt-out, which `portcullis check` warns about); a
+/// role holding the list separator never reaches a backend as two roles;
+/// every reserved header, in any case and with `_` for `-`, is stripped on
+/// public and authenticated routes (session routes: tests/it/sso.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_and_reserved_header_table() {
+    let echo = Backend::start("echo").await;
+    let server = KeyServer::start(&["rsa-a"]).await;
+    let idp = Idp { server };
+    let text = config(&echo, &idp.server)
+        .replace(
+            "identity:\n",
+            "server: { headers_with_underscores: allow }\nidentity:\n  reserved_headers: [X-Custom-Trusted]\n",
+        )
+        .replace(
+            "    X-User-Roles: realm_access.roles\n",
+            "    X-User-Roles: realm_access.roles\n    X-Forwarded-Groups: realm_access.roles\n",
+        );
+    let gateway = Gateway::start(&text).await;
+
+    // aud: missing → 401 with nothing said about why.
+    let mut claims = idp.claims("alice", &["orders-reader"]);
+    claims.as_object_mut().unwrap().remove("aud");
+    let no_aud = idp.token_with("rsa-a", Algorithm::RS256, &claims);
+    let refused = call(&gateway, "GET", "/me", Some(&no_aud)).await;
+    assert_eq!(refused.status(), 401);
+    let challenge = refused.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        challenge,
+        r#"Bearer realm="portcullis", error="invalid_token""#
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "invalid token");
+    assert!(body["request_id"].is_string());
+    // Wrong audience, and an array without ours.
+    for aud in [json!("other"), json!(["other", "more"])] {
+        let mut claims = idp.claims("alice", &["orders-reader"]);
+        claims["aud"] = aud;
+        let token = idp.token_with("rsa-a", Algorithm::RS256, &claims);
+        assert_eq!(
+            call(&gateway, "GET", "/me", Some(&token)).await.status(),
+            401
+        );
+    }
+    let mut claims = idp.claims("alice", &["orders-reader"]);
+    claims["aud"] = json!(["other", "api"]);
+    let listed = idp.token_with("rsa-a", Algorithm::RS256, &claims);
+    assert_eq!(
+        call(&gateway, "GET", "/me", Some(&listed)).await.status(),
+        200
+    );
+
+    // A role holding the separator stays one role, for RBAC and backends.
+    let sneaky = idp.token("mallory", &["orders-reader,admin", "x\"y"]);
+    let seen: Value = call(&gateway, "GET", "/me", Some(&sneaky))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["headers"]["x-user-roles"],
+        r#""orders-reader,admin", "x\"y""#
+    );
+    assert_eq!(
+        seen["headers"]["x-forwarded-groups"],
+        r#""orders-reader,admin", "x\"y""#
+    );
+    assert_eq!(
+        call(&gateway, "GET", "/orders/1", Some(&sneaky))
+            .await
+            .status(),
+        403
+    );
+    let split = idp.token("mallory", &["admin,ops"]);
+    assert_eq!(
+        call(&gateway, "GET", "/admin/x", Some(&split))
+            .await
+            .status(),
+        403
+    );
+
+    // Reserved headers, every spelling, on a public and an authenticated
+    // route (and a mapped header that is also a built-in reserved name).
+    let token = idp.token("alice", &["orders-reader"]);
+    let spellings = reserved_spellings();
+    // In batches under the 100-header limit.
+    for (path, token, batch) in [
+        ("/public/x", None),
+        ("/me", Some(&token)),
+        ("/maybe/x", None),
+    ]
+    .into_iter()
+    .flat_map(|(path, token)| spellings.chunks(50).map(move |batch| (path, token, batch)))
+    {
+        let mut request = client().get(gateway.url(path));
+        for (i, name) in batch.iter().enumerate() {
+            request = request.header(name.as_str(), format!("spoofed-{i}"));
+        }
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let seen: Value = response.json().await.unwrap();
+        assert_nothing_spoofed(&seen, path);
+        // The gateway's own client address, not the client's claim.
+        assert_eq!(seen["headers"]["x-real-ip"], "127.0.0.1", "{path}");
+    }
+}
+
+/// Header names with `_`: 400 by default, removed with `drop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_names_with_underscores() {
+    let echo = Backend::start("echo").await;
+    let server = KeyServer::start(&["rsa-a"]).await;
+    let default = Gateway::start(&config(&echo, &server)).await;
+    let refused = client()
+        .get(default.url("/public/x"))
+        .header("X_Anything", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["request_id"].is_string());
+    let dropping = Gateway::start(&config(&echo, &server).replace(
+        "identity:\n",
+        "server: { headers_with_underscores: drop }\nidentity:\n",
+    ))
+    .await;
+    let seen: Value = client()
+        .get(dropping.url("/public/x"))
+        .header("X_Anything", "1")
+        .header("X-Kept", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(seen["headers"].get("x_anything").is_none(), "{seen}");
+    assert_eq!(seen["headers"]["x-kept"], "1");
+}
+
+/// The audience opt-out accepts tokens without `aud`, and `portcullis
+/// check` warns about it with the key's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audience_opt_out_is_explicit_and_warned_about() {
+    let echo = Backend::start("echo").await;
+    let server = KeyServer::start(&["rsa-a"]).await;
+    let idp = Idp { server };
+    let text =
+        config(&echo, &idp.server).replace("audiences: [api],", "insecure_skip_audience: true,");
+    let gateway = Gateway::start(&text).await;
+    let mut claims = idp.claims("alice", &["orders-reader"]);
+    claims.as_object_mut().unwrap().remove("aud");
+    let token = idp.token_with("rsa-a", Algorithm::RS256, &claims);
+    assert_eq!(
+        call(&gateway, "GET", "/me", Some(&token)).await.status(),
+        200
+    );
+
+    let file = gateway.path("portcullis.yaml");
+    let (code, stderr) = crate::support::run_check(&file);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: ")
+            && stderr.contains("portcullis.yaml:6:")
+            && stderr.contains("identity.providers[0].insecure_skip_audience"),
+        "{stderr}"
+    );
 }

@@ -23,14 +23,8 @@ routes:
 ",
     )
     .unwrap();
-    let output = Command::new(BIN)
-        .arg("check")
-        .arg("-c")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
+    let (code, stderr) = crate::support::run_check(&path);
+    assert_eq!(code, Some(2));
     let file = path.display().to_string();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");

@@ -1735,6 +1735,35 @@ async fn gateway_browser_login_with_the_sso() {
     assert!(echo["headers"].get("authorization").is_none());
     let cookie = echo["headers"]["cookie"].as_str().unwrap_or("");
     assert!(!cookie.contains("portcullis_session"), "{cookie}");
+    // Reserved headers never reach the backend on a session route either;
+    // `_` spellings are refused outright (the default policy).
+    let session_cookie = browser.cookie_header();
+    // (X-Custom-Trusted is reserved only where the config says so.)
+    let spellings: Vec<String> = crate::auth::reserved_spellings()
+        .into_iter()
+        .filter(|name| !name.to_ascii_lowercase().contains("custom"))
+        .collect();
+    let (underscored, dashed): (Vec<&String>, Vec<&String>) =
+        spellings.iter().partition(|name| name.contains('_'));
+    for (batch, want) in dashed
+        .chunks(50)
+        .map(|b| (b, 200))
+        .chain(underscored.chunks(50).map(|b| (b, 400)))
+    {
+        let mut request = client()
+            .get(format!("{gw}/app/items"))
+            .header("cookie", &session_cookie);
+        for (i, name) in batch.iter().enumerate() {
+            request = request.header(name.as_str(), format!("spoofed-{i}"));
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), want);
+        if want == 200 {
+            let seen: Value = response.json().await.unwrap();
+            assert_eq!(seen["headers"]["x-user-id"], "alice");
+            crate::auth::assert_nothing_spoofed(&seen, "session route");
+        }
+    }
     // The portal shows the user what the session may call.
     let with_session: Value = browser
         .get(&format!("{gw}/openapi.json"))

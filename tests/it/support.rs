@@ -663,3 +663,113 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// `portcullis check -c FILE`: the exit code and stderr.
+pub fn run_check(file: &Path) -> (Option<i32>, String) {
+    let output = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(file)
+        .output()
+        .expect("run portcullis check");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// An HTTP/1 response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The status line and headers as received.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// A header's value (first, case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Writes `request` as is on a new connection and reads every response
+/// until the peer closes or `limit` passes.
+pub async fn raw_exchange(port: u16, request: &[u8], limit: Duration) -> Vec<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return Vec::new();
+    };
+    let _ = stream.write_all(request).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut received)).await;
+    parse_responses(&received)
+}
+
+/// Splits a byte stream into HTTP/1 responses (Content-Length or
+/// chunked bodies; a response without either runs to the end).
+pub fn parse_responses(mut bytes: &[u8]) -> Vec<RawResponse> {
+    let mut out = Vec::new();
+    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut response = RawResponse {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        bytes = &bytes[end + 4..];
+        let chunked = response
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        if let Some(length) = response
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+        {
+            let length: usize = length;
+            let take = length.min(bytes.len());
+            response.body = bytes[..take].to_vec();
+            bytes = &bytes[take..];
+        } else if chunked {
+            loop {
+                let Some(line_end) = bytes.windows(2).position(|w| w == b"\r\n") else {
+                    bytes = &[];
+                    break;
+                };
+                let size = std::str::from_utf8(&bytes[..line_end])
+                    .ok()
+                    .and_then(|s| {
+                        usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok()
+                    })
+                    .unwrap_or(0);
+                bytes = &bytes[line_end + 2..];
+                if size == 0 {
+                    bytes = bytes.strip_prefix(b"\r\n").unwrap_or(bytes);
+                    break;
+                }
+                let take = size.min(bytes.len());
+                response.body.extend_from_slice(&bytes[..take]);
+                bytes = bytes[take..]
+                    .strip_prefix(b"\r\n")
+                    .unwrap_or(&bytes[take..]);
+            }
+        } else if !(100..200).contains(&status) && status != 204 && status != 304 {
+            response.body = bytes.to_vec();
+            bytes = &[];
+        }
+        out.push(response);
+    }
+    out
+}

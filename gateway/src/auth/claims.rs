@@ -33,24 +33,64 @@ pub fn roles(claims: &Map<String, Value>, path: &str) -> Vec<String> {
     }
 }
 
-/// A claim as one header value: strings as they are, arrays joined.
-pub fn claim_to_header_value(value: &Value, separator: &str) -> Option<HeaderValue> {
-    let text = match value {
-        Value::String(s) => sanitise(s),
-        Value::Array(items) => {
-            let parts: Vec<String> = items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) => sanitise(s),
-                    other => sanitise(&other.to_string()),
-                })
-                .collect();
-            parts.join(separator)
+/// A claim as one header value: strings as they are, arrays as a list.
+pub fn claim_to_header_value(value: &Value, separator: Option<&str>) -> Option<HeaderValue> {
+    match value {
+        Value::String(s) => HeaderValue::from_str(&sanitise(s)).ok(),
+        Value::Array(items) => list_header_value(
+            items.iter().map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+            separator,
+        ),
+        Value::Null => None,
+        other => HeaderValue::from_str(&sanitise(&other.to_string())).ok(),
+    }
+}
+
+/// A list as one header value that a backend can only read one way.
+/// Without a separator: an RFC 8941 List of Strings (`"a", "b,c"`). With
+/// one: items joined with it, leaving out any item that contains it — a
+/// role named `reader,admin` must never read as `reader` and `admin`.
+pub fn list_header_value(
+    items: impl Iterator<Item = String>,
+    separator: Option<&str>,
+) -> Option<HeaderValue> {
+    let mut out = String::new();
+    for (i, item) in items.enumerate() {
+        let item = sanitise(&item);
+        match separator {
+            None => {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                // sf-string: printable ASCII (sanitise guarantees it) with
+                // `"` and `\` escaped (RFC 8941 §3.3.3).
+                out.push('"');
+                for c in item.chars() {
+                    if c == '"' || c == '\\' {
+                        out.push('\\');
+                    }
+                    out.push(c);
+                }
+                out.push('"');
+            }
+            Some(separator) => {
+                if item.is_empty() || item.contains(separator) {
+                    log::debug!(
+                        "list item left out of an identity header: it contains the separator"
+                    );
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push_str(separator);
+                }
+                out.push_str(&item);
+            }
         }
-        Value::Null => return None,
-        other => sanitise(&other.to_string()),
-    };
-    HeaderValue::from_str(&text).ok()
+    }
+    HeaderValue::from_str(&out).ok()
 }
 
 /// Printable ASCII stays; control characters (CR, LF, NUL, DEL...) are
@@ -97,7 +137,21 @@ mod tests {
         assert_eq!(sanitise("bob\r\nX-Admin: 1"), "bobX-Admin: 1");
         assert_eq!(sanitise("zoë\u{200b}"), "zo%C3%AB%E2%80%8B");
         assert_eq!(sanitise("50%"), "50%25");
-        let v = claim_to_header_value(&serde_json::json!(["a", 1, "b\n"]), ",").unwrap();
+        let v = claim_to_header_value(&serde_json::json!(["a", 1, "b\n"]), Some(",")).unwrap();
         assert_eq!(v, "a,1,b");
+    }
+
+    #[test]
+    fn lists_cannot_be_read_two_ways() {
+        let roles = serde_json::json!(["reader,admin", "ops", "say \"hi\" \\o/"]);
+        let structured = claim_to_header_value(&roles, None).unwrap();
+        assert_eq!(structured, r#""reader,admin", "ops", "say \"hi\" \\o/""#);
+        // The separator form leaves the ambiguous item out.
+        let joined = claim_to_header_value(&roles, Some(",")).unwrap();
+        assert_eq!(joined, r#"ops,say "hi" \o/"#);
+        assert_eq!(
+            claim_to_header_value(&serde_json::json!([]), None).unwrap(),
+            ""
+        );
     }
 }

@@ -126,8 +126,10 @@ impl Introspector {
                     .iter()
                     .filter_map(Value::as_str)
                     .any(|a| audiences.iter().any(|x| x == a)),
-                // RFC 7662 makes `aud` optional; the IdP vouched for the token.
-                None => true,
+                // RFC 7662 makes `aud` optional, but "active" only says the
+                // token is valid somewhere: without an audience it cannot be
+                // shown to be meant for us (RFC 8725 §3.9).
+                None => false,
                 Some(_) => false,
             };
             if !matches {

@@ -9,6 +9,7 @@ mod claims;
 mod internal;
 mod introspection;
 mod keys;
+mod reserved;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use portcullis_config as config;
 pub use claims::{claim_to_header_value, lookup_claim};
 pub use internal::{InternalTokens, SigningKey};
 pub use keys::{parse_jwks, Family, KeyError, ProviderKeys};
+pub use reserved::ReservedHeaders;
 
 /// Why a request is not let through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -196,10 +198,12 @@ pub const ROLES_CLAIM: &str = "@roles";
 pub struct Authenticator {
     providers: Vec<CompiledProvider>,
     mapping: Vec<HeaderMapping>,
-    reserved_names: Vec<String>,
-    reserved_prefixes: Vec<String>,
-    separator: String,
+    reserved: ReservedHeaders,
+    /// How lists are put into one header (see `claims::list_header_value`).
+    separator: Option<String>,
     pub forward_authorization: bool,
+    /// Say in the 401 challenge why a token failed (development only).
+    pub insecure_error_details: bool,
     /// The gateway's own token for backends, when configured.
     pub internal: Option<InternalTokens>,
     /// API keys by the SHA-256 of the key.
@@ -344,10 +348,14 @@ impl Authenticator {
                     v.set_issuer(&[spec.issuer.as_str()]);
                     if spec.insecure_skip_audience {
                         v.validate_aud = false;
+                        v.set_required_spec_claims(&["exp"]);
                     } else {
+                        // A token without `aud` is not a token for us
+                        // (RFC 8725 §3.9); jsonwebtoken only checks `aud`
+                        // when present unless it is required.
                         v.set_audience(&spec.audiences);
+                        v.set_required_spec_claims(&["exp", "aud"]);
                     }
-                    v.set_required_spec_claims(&["exp"]);
                     (*alg, v)
                 })
                 .collect();
@@ -398,25 +406,24 @@ impl Authenticator {
                 })
                 .collect()
         };
-        let reserved_prefixes = identity
+        let default_prefixes = ["x-user-".to_owned(), "x-auth-".to_owned()];
+        let prefixes = identity
             .reserved_prefixes
-            .clone()
-            .unwrap_or_else(|| vec!["x-user-".into(), "x-auth-".into()])
-            .iter()
-            .map(|p| normalise_name(p))
-            .collect();
+            .as_deref()
+            .unwrap_or(&default_prefixes);
         let internal = identity
             .internal_token
             .as_ref()
             .map(|spec| InternalTokens::new(spec, registry.signing_key(spec, source)?))
             .transpose()?;
-        let mut reserved_names: Vec<String> = mapping
-            .iter()
-            .map(|m| normalise_name(m.name.as_str()))
-            .collect();
-        if let Some(internal) = &internal {
-            reserved_names.push(normalise_name(internal.header.as_str()));
-        }
+        let reserved = ReservedHeaders::new(
+            mapping
+                .iter()
+                .map(|m| m.name.as_str())
+                .chain(internal.as_ref().map(|i| i.header.as_str()))
+                .chain(identity.reserved_headers.iter().map(String::as_str)),
+            prefixes.iter().map(String::as_str),
+        );
         let largest_token = providers
             .iter()
             .map(|p| p.max_token_size)
@@ -425,10 +432,10 @@ impl Authenticator {
         let mut authenticator = Authenticator {
             providers,
             mapping,
-            reserved_names,
-            reserved_prefixes,
+            reserved,
             separator: identity.separator.clone(),
             forward_authorization: identity.forward_authorization,
+            insecure_error_details: identity.insecure_error_details,
             internal,
             // Keys are whole tokens (~1 KB): SipHash over them cost
             // ~200 ns a lookup, foldhash a tenth of it (benches/auth.rs).
@@ -492,23 +499,7 @@ impl Authenticator {
     /// case-insensitively and with `_` read as `-`, because some servers
     /// (CGI, nginx with underscores_in_headers) treat them as the same.
     pub fn is_reserved(&self, name: &str) -> bool {
-        let matches = |candidate: &str, reserved: &str, prefix: bool| {
-            if prefix && candidate.len() < reserved.len() {
-                return false;
-            }
-            if !prefix && candidate.len() != reserved.len() {
-                return false;
-            }
-            candidate
-                .bytes()
-                .zip(reserved.bytes())
-                .all(|(c, r)| normalise_byte(c) == r)
-        };
-        self.reserved_names.iter().any(|r| matches(name, r, false))
-            || self
-                .reserved_prefixes
-                .iter()
-                .any(|r| matches(name, r, true))
+        self.reserved.contains(name)
     }
 
     /// The credential check of a route with `auth`: an API key (where the
@@ -682,9 +673,12 @@ impl Authenticator {
             .iter()
             .filter_map(|m| {
                 let value = if m.claim == ROLES_CLAIM {
-                    HeaderValue::from_str(&claims::sanitise(&roles.join(&self.separator))).ok()
+                    claims::list_header_value(roles.iter().cloned(), self.separator.as_deref())
                 } else {
-                    claim_to_header_value(lookup_claim(claims, &m.claim)?, &self.separator)
+                    claim_to_header_value(
+                        lookup_claim(claims, &m.claim)?,
+                        self.separator.as_deref(),
+                    )
                 }?;
                 Some((m.name.clone(), value))
             })
@@ -832,17 +826,6 @@ fn decode_json(segment: &str) -> Option<serde_json::Map<String, serde_json::Valu
         serde_json::Value::Object(map) => Some(map),
         _ => None,
     }
-}
-
-fn normalise_byte(b: u8) -> u8 {
-    match b {
-        b'_' => b'-',
-        b => b.to_ascii_lowercase(),
-    }
-}
-
-fn normalise_name(name: &str) -> String {
-    name.bytes().map(|b| normalise_byte(b) as char).collect()
 }
 
 /// The bearer token of an `Authorization` header (RFC 6750 §2.1).
