@@ -944,6 +944,28 @@ pub struct Limits {
     /// Defaults to 60s.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Duration,
+    /// Time any request body gets before `min_body_rate` must be met: a
+    /// body must arrive within `body_timeout` plus one second for every
+    /// `min_body_rate` bytes (Apache mod_reqtimeout's rule), or the request
+    /// is cut off (408). Defaults to 20s.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Duration,
+    /// Bytes per second that earn a request body more time (`0`: no
+    /// minimum). Defaults to 500 (Apache's `MinRate`).
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate: ByteSize,
+    /// Time a client has to finish the TLS handshake. Defaults to 10s.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout: Duration,
+    /// Most open client connections, all listeners together; a new one
+    /// beyond it is closed at once (connections being served are never
+    /// stalled). Defaults to 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most requests on one HTTP/1 connection before it is closed.
+    /// Defaults to 1000 (nginx's `keepalive_requests`).
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -956,6 +978,11 @@ impl Default for Limits {
             header_timeout: default_header_timeout(),
             body_read_timeout: default_body_read_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
+            body_timeout: default_body_timeout(),
+            min_body_rate: default_min_body_rate(),
+            tls_handshake_timeout: default_tls_handshake_timeout(),
+            max_connections: default_max_connections(),
+            max_requests_per_connection: default_max_requests_per_connection(),
         }
     }
 }
@@ -980,6 +1007,21 @@ fn default_body_read_timeout() -> Duration {
 }
 fn default_keepalive_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_min_body_rate() -> ByteSize {
+    ByteSize(500)
+}
+fn default_tls_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_max_connections() -> usize {
+    10_000
+}
+const fn default_max_requests_per_connection() -> u32 {
+    1000
 }
 
 /// A pool of backend targets.

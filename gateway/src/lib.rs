@@ -151,6 +151,8 @@ pub fn run(valid: ValidConfig) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // One connection count for every listener (`limits.max_connections`).
+    let connections = Arc::new(guard::ConnectionLimit::default());
     for (index, listener) in config.listeners.iter().enumerate() {
         // Fail with a clear message rather than pingora's panic on bind.
         std::net::TcpListener::bind(listener.address).map_err(|source| StartError::Bind {
@@ -166,8 +168,9 @@ pub fn run(valid: ValidConfig) -> Result<(), StartError> {
             &server.configuration,
             gateway,
             &listener.name,
-            &config.server.limits,
+            Some(config.server.limits.max_requests_per_connection),
             listener.h2c,
+            connections.clone(),
         );
         let address = listener.address.to_string();
         match &listener.tls {
@@ -175,6 +178,11 @@ pub fn run(valid: ValidConfig) -> Result<(), StartError> {
             Some(tls_config) => {
                 let settings = tls_settings(&valid.source, &listener.name, tls_config, &control)?;
                 service.add_tls_with_settings(&address, None, settings);
+                service
+                    .endpoints()
+                    .set_pre_tls_callback(guard::handshake::callback(
+                        config.server.limits.tls_handshake_timeout.0,
+                    ));
             }
         }
         server.add_service(service);

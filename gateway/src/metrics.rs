@@ -14,6 +14,12 @@ pub struct Metrics {
     durations: HistogramVec,
     pub in_flight: IntGauge,
     pub open_connections: IntGauge,
+    /// Connections closed at once because `limits.max_connections` were open.
+    pub refused_connections: IntCounter,
+    /// TLS connections closed for not finishing the handshake in time.
+    pub handshake_timeouts: IntCounter,
+    /// Requests the connection guard refused, by status.
+    pub refused_requests: IntCounterVec,
     pub reloads: IntCounterVec,
     pub target_healthy: IntGaugeVec,
     pub breaker_state: IntGaugeVec,
@@ -81,6 +87,24 @@ impl Metrics {
         let open_connections = IntGauge::new(
             "portcullis_open_connections",
             "Downstream connections open on the proxy listeners",
+        )
+        .expect("static metric definition");
+        let refused_connections = IntCounter::new(
+            "portcullis_connections_refused_total",
+            "Connections closed on accept because the connection limit was reached",
+        )
+        .expect("static metric definition");
+        let handshake_timeouts = IntCounter::new(
+            "portcullis_tls_handshake_timeouts_total",
+            "TLS connections closed for not finishing the handshake in time",
+        )
+        .expect("static metric definition");
+        let refused_requests = IntCounterVec::new(
+            Opts::new(
+                "portcullis_requests_refused_total",
+                "Requests refused for their framing, size or pace before routing, by status",
+            ),
+            &["status"],
         )
         .expect("static metric definition");
         let reloads = IntCounterVec::new(
@@ -151,6 +175,9 @@ impl Metrics {
             Box::new(durations.clone()),
             Box::new(in_flight.clone()),
             Box::new(open_connections.clone()),
+            Box::new(refused_connections.clone()),
+            Box::new(handshake_timeouts.clone()),
+            Box::new(refused_requests.clone()),
             Box::new(reloads.clone()),
             Box::new(target_healthy.clone()),
         ] {
@@ -162,6 +189,9 @@ impl Metrics {
             durations,
             in_flight,
             open_connections,
+            refused_connections,
+            handshake_timeouts,
+            refused_requests,
             reloads,
             target_healthy,
             breaker_state,

@@ -311,6 +311,24 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         metrics().in_flight.inc();
         let snapshot = ctx.snapshot.clone();
+        // The connection guard stands in for a request it refused (its
+        // framing broke RFC 9112): answer that, and nothing else.
+        if session.req_header().raw_path() == crate::guard::STAND_IN_TARGET.as_bytes() {
+            if let Some(refusal) = crate::guard::refusal_of(session.stream()) {
+                ctx.request_id = headers::new_request_id();
+                ctx.reason = Some(refusal.reason);
+                metrics()
+                    .refused_requests
+                    .with_label_values(&[&refusal.status.to_string()])
+                    .inc();
+                return self
+                    .reject(session, ctx, GatewayError::Refused(refusal.status))
+                    .await;
+            }
+        }
+        // Requests pipelined behind this one are served after it, in order
+        // (RFC 9112 §9.3.2); the guard hands them over one at a time.
+        session.set_pipelining_enabled(true);
         let req = session.req_header();
         ctx.request_id = headers::request_id(req.headers.get(X_REQUEST_ID));
         ctx.is_tls = snapshot.listeners.get(self.listener).is_some_and(|l| l.tls);
@@ -863,10 +881,16 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The guard passes the bytes after an upgrade request untouched; if
+        // the backend declined the upgrade, they would be read as requests
+        // nobody checked. Close instead.
+        if session.is_upgrade_req() && response.status.as_u16() != 101 {
+            session.set_keepalive(None);
+        }
         if let Some(route) = ctx.route.and_then(|i| ctx.snapshot.router.routes().get(i)) {
             for name in &route.response_headers.remove {
                 response.remove_header(name);
@@ -898,6 +922,13 @@ impl ProxyHttp for Gateway {
     ) -> FailToProxy {
         if ctx.request_id.is_empty() {
             ctx.request_id = headers::new_request_id();
+        }
+        // A body the guard cut off (broken chunked framing, too slow).
+        if ctx.error.is_none() {
+            if let Some(refusal) = crate::guard::refusal_of(session.stream()) {
+                ctx.reason = Some(refusal.reason);
+                ctx.error = Some(GatewayError::Refused(refusal.status));
+            }
         }
         let error = ctx.error.or_else(|| Gateway::classify(e));
         ctx.error = error;

@@ -32,6 +32,7 @@ pub struct Limits {
     pub max_uri_size: usize,
     pub body_read_timeout: std::time::Duration,
     pub keepalive_seconds: u64,
+    pub max_connections: usize,
 }
 
 pub struct Snapshot {
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub pools: Vec<Arc<Pool>>,
     pub listeners: Vec<ListenerPolicy>,
     pub limits: Limits,
+    /// What the connection guard enforces on new connections.
+    pub guard: crate::guard::GuardSettings,
     /// How request targets are canonicalised.
     pub paths: portcullis_canonical::Rules,
     /// What to do with header names that contain `_`.
@@ -212,6 +215,20 @@ impl Snapshot {
                     max_uri_size: usize::try_from(limits.max_uri_size.0).unwrap_or(usize::MAX),
                     body_read_timeout: limits.body_read_timeout.0,
                     keepalive_seconds: limits.keepalive_timeout.0.as_secs(),
+                    max_connections: limits.max_connections,
+                },
+                guard: crate::guard::GuardSettings {
+                    head: crate::guard::framing::HeadLimits {
+                        max_target: usize::try_from(limits.max_uri_size.0).unwrap_or(usize::MAX),
+                        // The request line and the fields, with their line ends.
+                        max_head: usize::try_from(limits.max_uri_size.0 + limits.max_header_size.0)
+                            .unwrap_or(usize::MAX)
+                            .saturating_add(2 * limits.max_header_count + 64),
+                        max_fields: limits.max_header_count,
+                    },
+                    header_timeout: limits.header_timeout.0,
+                    body_timeout: limits.body_timeout.0,
+                    min_body_rate: limits.min_body_rate.0,
                 },
                 paths: config.server.paths.rules(),
                 underscores: config.server.headers_with_underscores,

@@ -258,3 +258,359 @@ fn non_canonical_route_paths_are_config_errors() {
         "{stderr}"
     );
 }
+
+/// What a malformed request must get.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    /// This status with the JSON error body, then the connection closed.
+    Status(u16),
+    /// A body that breaks its framing after a valid head: a 400 with the
+    /// JSON error or a closed connection, never a later request served.
+    BodyRefused,
+}
+
+fn strict_cases() -> Vec<(&'static str, String, Outcome)> {
+    use Outcome::*;
+    let host = "Host: gw.test\r\n";
+    let post = |headers: &str, body: &str| format!("POST / HTTP/1.1\r\n{host}{headers}\r\n{body}");
+    let get = |headers: &str| format!("GET / HTTP/1.1\r\n{host}{headers}\r\n");
+    let line = |request_line: &str| format!("{request_line}\r\n{host}\r\n");
+    let chunked = |body: &str| post("Transfer-Encoding: chunked\r\n", body);
+    vec![
+        // Framing: Content-Length and Transfer-Encoding.
+        (
+            "CL and TE",
+            post(
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                "0\r\n\r\n",
+            ),
+            Status(400),
+        ),
+        (
+            "TE and CL",
+            post(
+                "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+                "0\r\n\r\n",
+            ),
+            Status(400),
+        ),
+        (
+            "CL twice, same",
+            post("Content-Length: 1\r\nContent-Length: 1\r\n", "a"),
+            Status(400),
+        ),
+        (
+            "CL twice, different",
+            post("Content-Length: 1\r\nContent-Length: 2\r\n", "ab"),
+            Status(400),
+        ),
+        (
+            "CL list",
+            post("Content-Length: 1, 1\r\n", "a"),
+            Status(400),
+        ),
+        (
+            "CL with sign",
+            post("Content-Length: +1\r\n", "a"),
+            Status(400),
+        ),
+        (
+            "CL negative",
+            post("Content-Length: -1\r\n", ""),
+            Status(400),
+        ),
+        ("CL hex", post("Content-Length: 0x1\r\n", "a"), Status(400)),
+        (
+            "CL overflow",
+            post("Content-Length: 99999999999999999999999\r\n", ""),
+            Status(400),
+        ),
+        ("CL empty", post("Content-Length: \r\n", ""), Status(400)),
+        (
+            "TE gzip",
+            post("Transfer-Encoding: gzip\r\n", ""),
+            Status(501),
+        ),
+        (
+            "TE gzip, chunked",
+            post("Transfer-Encoding: gzip, chunked\r\n", "0\r\n\r\n"),
+            Status(400),
+        ),
+        (
+            "TE chunked, chunked",
+            post("Transfer-Encoding: chunked, chunked\r\n", "0\r\n\r\n"),
+            Status(400),
+        ),
+        (
+            "TE twice",
+            post(
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "0\r\n\r\n",
+            ),
+            Status(400),
+        ),
+        (
+            "TE xchunked",
+            post("Transfer-Encoding: xchunked\r\n", "0\r\n\r\n"),
+            Status(400),
+        ),
+        (
+            "TE chunked;",
+            post("Transfer-Encoding: chunked;\r\n", "0\r\n\r\n"),
+            Status(400),
+        ),
+        (
+            "TE with VT",
+            post("Transfer-Encoding:\x0bchunked\r\n", "0\r\n\r\n"),
+            Status(400),
+        ),
+        (
+            "TE space before colon",
+            post("Transfer-Encoding : chunked\r\n", "0\r\n\r\n"),
+            Status(400),
+        ),
+        (
+            "TE underscore",
+            post("Transfer_Encoding: chunked\r\n", "0\r\n\r\n"),
+            Status(400),
+        ),
+        (
+            "TE in HTTP/1.0",
+            format!("POST / HTTP/1.0\r\n{host}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Status(400),
+        ),
+        // Line syntax.
+        (
+            "bare LF line ends",
+            "GET / HTTP/1.1\nHost: gw.test\n\n".to_owned(),
+            Status(400),
+        ),
+        (
+            "bare LF after request line",
+            format!("GET / HTTP/1.1\n{host}\r\n"),
+            Status(400),
+        ),
+        ("bare CR", get("X-A: a\rb\r\n"), Status(400)),
+        ("obsolete folding", get("X-A: a\r\n b\r\n"), Status(400)),
+        ("NUL in value", get("X-A: a\x00b\r\n"), Status(400)),
+        ("DEL in value", get("X-A: a\x7fb\r\n"), Status(400)),
+        ("control in name", get("X\x01A: a\r\n"), Status(400)),
+        ("space in name", get("X A: a\r\n"), Status(400)),
+        ("empty name", get(": a\r\n"), Status(400)),
+        ("no colon", get("X-A a\r\n"), Status(400)),
+        // Host.
+        ("no Host", "GET / HTTP/1.1\r\n\r\n".to_owned(), Status(400)),
+        ("two Hosts", get("Host: other.test\r\n"), Status(400)),
+        (
+            "Host with userinfo",
+            "GET / HTTP/1.1\r\nHost: a@gw.test\r\n\r\n".to_owned(),
+            Status(400),
+        ),
+        (
+            "Host with space",
+            "GET / HTTP/1.1\r\nHost: gw test\r\n\r\n".to_owned(),
+            Status(400),
+        ),
+        // Request line.
+        ("HTTP/1.2", line("GET / HTTP/1.2"), Status(505)),
+        ("HTTP/2.0", line("GET / HTTP/2.0"), Status(505)),
+        ("HTTP/1", line("GET / HTTP/1"), Status(400)),
+        ("lower-case version", line("GET / http/1.1"), Status(400)),
+        ("no version", line("GET /"), Status(400)),
+        ("space in target", line("GET /a b HTTP/1.1"), Status(400)),
+        ("two spaces", line("GET  / HTTP/1.1"), Status(400)),
+        ("tab separator", line("GET\t/ HTTP/1.1"), Status(400)),
+        (
+            "raw non-ASCII target",
+            line("GET /caf\u{e9} HTTP/1.1"),
+            Status(400),
+        ),
+        ("fragment in target", line("GET /a#b HTTP/1.1"), Status(400)),
+        ("bad method", line("G@T / HTTP/1.1"), Status(400)),
+        (
+            "CONNECT",
+            "CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\n\r\n".to_owned(),
+            Status(405),
+        ),
+        ("garbage", "GARBAGE\r\n\r\n".to_owned(), Status(400)),
+        // Sizes.
+        (
+            "target too long",
+            line(&format!("GET /{} HTTP/1.1", "a".repeat(9000))),
+            Status(414),
+        ),
+        (
+            "header too large",
+            get(&format!("X-Big: {}\r\n", "a".repeat(40 * 1024))),
+            Status(431),
+        ),
+        (
+            "too many headers",
+            get(&(0..150)
+                .map(|i| format!("X-H{i}: 1\r\n"))
+                .collect::<String>()),
+            Status(431),
+        ),
+        // Chunked bodies.
+        (
+            "chunk extension with bare LF",
+            chunked("5;ext\nhello\r\n0\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "chunk size garbage",
+            chunked("zz\r\nhello\r\n0\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "chunk size overflow",
+            chunked("fffffffffffffffff\r\n"),
+            BodyRefused,
+        ),
+        (
+            "chunk size with space",
+            chunked(" 5\r\nhello\r\n0\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "negative chunk size",
+            chunked("-5\r\nhello\r\n0\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "chunk without CRLF",
+            chunked("5\r\nhelloX\r\n0\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "chunk extension unterminated",
+            chunked("5;a=\"x\r\nhello\r\n0\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "chunk extension without name",
+            chunked("5;=x\r\nhello\r\n0\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "trailer folding",
+            chunked("0\r\nX-T: a\r\n b\r\n\r\n"),
+            BodyRefused,
+        ),
+        (
+            "trailer without colon",
+            chunked("0\r\nX-T a\r\n\r\n"),
+            BodyRefused,
+        ),
+    ]
+}
+
+/// Acceptance 3 of the edge-hardening issue: malformed HTTP/1.1 requests
+/// get their status with the JSON error (or a closed connection), and no
+/// backend ever sees a second request smuggled behind one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_and_nothing_is_smuggled() {
+    let backend = Backend::start("rec").await;
+    let gateway = Gateway::start(&edge_config(&backend, "")).await;
+    let cases = strict_cases();
+    assert!(cases.len() >= 40, "{}", cases.len());
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let mut failures = Vec::new();
+    for (i, (name, request, outcome)) in cases.iter().enumerate() {
+        // Each case's own path, so that a backend request arriving late is
+        // still counted against its case.
+        let marker = format!("/case-{i}");
+        let request = request.replacen(" / HTTP", &format!(" {marker} HTTP"), 1);
+        let bytes = [request.as_bytes(), smuggled.as_bytes()].concat();
+        let responses = raw_exchange(gateway.port, &bytes, Duration::from_secs(5)).await;
+        let seen: Vec<String> = backend
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.ends_with(&marker))
+            .cloned()
+            .collect();
+        if seen.len() > 1 {
+            failures.push(format!("{name}: the backend saw {seen:?}"));
+        }
+        let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+        let json_with_id =
+            |r: &crate::support::RawResponse| r.json().is_some_and(|j| j["request_id"].is_string());
+        match outcome {
+            Outcome::Status(status) => {
+                let ok = responses.len() == 1
+                    && responses[0].status == *status
+                    && json_with_id(&responses[0])
+                    && seen.is_empty();
+                if !ok {
+                    failures.push(format!(
+                        "{name}: want one {status} with a JSON body, got {statuses:?} {:?}",
+                        responses
+                            .first()
+                            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                    ));
+                }
+            }
+            Outcome::BodyRefused => {
+                let ok = responses.is_empty()
+                    || (responses.len() == 1
+                        && responses[0].status == 400
+                        && json_with_id(&responses[0]));
+                if !ok {
+                    failures.push(format!(
+                        "{name}: want a 400 or a closed connection, got {statuses:?}"
+                    ));
+                }
+            }
+        }
+    }
+    // Late arrivals included: nothing smuggled, one request per case at most.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = backend.seen.lock().unwrap().clone();
+    for (i, (name, ..)) in cases.iter().enumerate() {
+        let marker = format!("/case-{i}");
+        if seen.iter().filter(|s| s.ends_with(&marker)).count() > 1 {
+            failures.push(format!("{name}: served twice"));
+        }
+    }
+    if seen.iter().any(|s| s.contains("smuggled")) {
+        failures.push(format!("a smuggled request reached the backend: {seen:?}"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Pipelined requests are served in order, each checked on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_served_in_order() {
+    let backend = Backend::start("rec").await;
+    let gateway = Gateway::start(&edge_config(&backend, "")).await;
+    let mut bytes = String::new();
+    for i in 0..100 {
+        let close = if i == 99 { "Connection: close\r\n" } else { "" };
+        // Every fourth carries a body: the guard must find the next head
+        // after it, in the same read.
+        if i % 4 == 1 {
+            bytes.push_str(&format!("POST /public/p/{i} HTTP/1.1\r\nHost: gw.test\r\n{close}Content-Length: 5\r\n\r\nhello"));
+        } else if i % 4 == 3 {
+            bytes.push_str(&format!("POST /public/p/{i} HTTP/1.1\r\nHost: gw.test\r\n{close}Transfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n0\r\n\r\n"));
+        } else {
+            bytes.push_str(&format!(
+                "GET /public/p/{i} HTTP/1.1\r\nHost: gw.test\r\n{close}\r\n"
+            ));
+        }
+    }
+    let responses = raw_exchange(gateway.port, bytes.as_bytes(), Duration::from_secs(20)).await;
+    assert_eq!(responses.len(), 100, "{:?}", responses.last());
+    for (i, response) in responses.iter().enumerate() {
+        assert_eq!(response.status, 200, "{i}");
+        assert_eq!(received_path(response), format!("/public/p/{i}"));
+        let body_len = response.json().unwrap()["body_len"].as_u64().unwrap();
+        let want = match i % 4 {
+            1 => 5,
+            3 => 3,
+            _ => 0,
+        };
+        assert_eq!(body_len, want, "{i}");
+    }
+}

@@ -212,6 +212,8 @@ pub struct Backend {
     /// `/openapi.json` requests, and those answered 304.
     pub openapi_fetches: Arc<AtomicUsize>,
     pub openapi_not_modified: Arc<AtomicUsize>,
+    /// `METHOD path?query` of every request served (health checks aside).
+    pub seen: Arc<Mutex<Vec<String>>>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
@@ -232,7 +234,9 @@ impl Backend {
         let openapi_fetches: Arc<AtomicUsize> = Arc::default();
         let openapi_not_modified: Arc<AtomicUsize> = Arc::default();
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let state = Arc::new(BackendState {
+            seen: seen.clone(),
             name: name.to_owned(),
             healthy: healthy.clone(),
             hits: hits.clone(),
@@ -269,6 +273,7 @@ impl Backend {
             openapi,
             openapi_fetches,
             openapi_not_modified,
+            seen,
             tasks,
         }
     }
@@ -288,6 +293,7 @@ impl Drop for Backend {
 }
 
 struct BackendState {
+    seen: Arc<Mutex<Vec<String>>>,
     name: String,
     healthy: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
@@ -347,6 +353,11 @@ impl BackendState {
                 .unwrap());
         }
         self.hits.fetch_add(1, Ordering::SeqCst);
+        self.seen.lock().unwrap().push(format!(
+            "{} {}",
+            req.method(),
+            req.uri().path_and_query().map_or("", |p| p.as_str())
+        ));
         let fail = self.fail_status.load(Ordering::SeqCst);
         if fail != 0 {
             return Ok(Response::builder()
