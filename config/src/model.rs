@@ -966,6 +966,18 @@ pub struct Limits {
     /// Defaults to 1000 (nginx's `keepalive_requests`).
     #[serde(default = "default_max_requests_per_connection")]
     pub max_requests_per_connection: u32,
+    /// Largest response head from an upstream (status line and fields);
+    /// more is answered 502. Defaults to 64KiB.
+    #[serde(default = "default_max_response_header_size")]
+    pub max_response_header_size: ByteSize,
+    /// Most response header fields from an upstream; more is 502.
+    /// Defaults to 100.
+    #[serde(default = "default_max_header_count")]
+    pub max_response_header_count: usize,
+    /// Most interim (1xx) responses an upstream may send before its final
+    /// one; more is 502. Defaults to 5.
+    #[serde(default = "default_max_interim_responses")]
+    pub max_interim_responses: u8,
 }
 
 impl Default for Limits {
@@ -983,6 +995,9 @@ impl Default for Limits {
             tls_handshake_timeout: default_tls_handshake_timeout(),
             max_connections: default_max_connections(),
             max_requests_per_connection: default_max_requests_per_connection(),
+            max_response_header_size: default_max_response_header_size(),
+            max_response_header_count: default_max_header_count(),
+            max_interim_responses: default_max_interim_responses(),
         }
     }
 }
@@ -1022,6 +1037,12 @@ const fn default_max_connections() -> usize {
 }
 const fn default_max_requests_per_connection() -> u32 {
     1000
+}
+fn default_max_response_header_size() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+const fn default_max_interim_responses() -> u8 {
+    5
 }
 
 /// A pool of backend targets.
@@ -1221,6 +1242,11 @@ pub struct Timeouts {
     /// An idle pooled connection is closed after this. Defaults to 60s.
     #[serde(default = "default_read_timeout")]
     pub idle: Duration,
+    /// From sending the request to the end of the response head, however
+    /// the bytes trickle in (`read` bounds each read only); then 504 and the
+    /// connection is discarded. Defaults to 60s.
+    #[serde(default = "default_read_timeout")]
+    pub response_headers: Duration,
 }
 
 impl Default for Timeouts {
@@ -1230,6 +1256,7 @@ impl Default for Timeouts {
             read: default_read_timeout(),
             write: default_read_timeout(),
             idle: default_read_timeout(),
+            response_headers: default_read_timeout(),
         }
     }
 }
@@ -1295,8 +1322,11 @@ pub struct Route {
     /// Headers set on or removed from the response to the client.
     #[serde(default)]
     pub response_headers: HeaderOps,
-    /// Whole-response timeout for this route: overrides the upstream's
-    /// read timeout. Defaults to the upstream's.
+    /// Whole-exchange deadline for this route: from sending the request to
+    /// the response's last byte, however the bytes trickle in (504 before
+    /// the response starts, a closed connection after). Also caps the
+    /// upstream's read timeout. Leave it unset on streaming routes
+    /// (WebSocket, server-sent events, gRPC streams). Defaults to none.
     #[serde(default)]
     pub timeout: Option<Duration>,
     /// Token check and roles. Defaults to no authentication.

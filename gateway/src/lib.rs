@@ -191,6 +191,7 @@ pub fn run(valid: ValidConfig) -> Result<(), StartError> {
     let admin = admin::service(reloader.clone(), config.admin.address);
     server.add_service(admin);
 
+    control.spawn(upstream::deadline::deadlines().run());
     reload::spawn_watchers(&reloader);
     admin::spawn_readiness_probe(&reloader, control.handle());
     spawn_drain_watcher();

@@ -30,6 +30,7 @@ use crate::metrics::metrics;
 use crate::ratelimit::{self, Decision};
 use crate::routing::RequestView;
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::upstream::deadline::{deadlines, Watch};
 use crate::upstream::{HashKey, InFlight, SelectError};
 
 /// The proxy of one listener; all listeners share the snapshot.
@@ -67,6 +68,30 @@ pub struct RequestCtx {
     session_auth: bool,
     /// Why the gateway refused the request, for the access log only.
     reason: Option<&'static str>,
+    /// Deadlines on the upstream exchange: the response head, and the
+    /// whole exchange on routes with a `timeout`.
+    head_deadline: Option<Watch>,
+    exchange_deadline: Option<Watch>,
+    /// Interim (1xx) responses from the upstream so far.
+    interim_responses: u8,
+}
+
+impl RequestCtx {
+    fn disarm_deadlines(&mut self) {
+        for watch in [self.head_deadline.take(), self.exchange_deadline.take()]
+            .into_iter()
+            .flatten()
+        {
+            deadlines().disarm(&watch);
+        }
+    }
+
+    fn deadline_fired(&self) -> bool {
+        [&self.head_deadline, &self.exchange_deadline]
+            .into_iter()
+            .flatten()
+            .any(Watch::fired)
+    }
 }
 
 fn status_error(error: GatewayError) -> Box<Error> {
@@ -305,6 +330,9 @@ impl ProxyHttp for Gateway {
             fault: None,
             session_auth: false,
             reason: None,
+            head_deadline: None,
+            exchange_deadline: None,
+            interim_responses: 0,
         }
     }
 
@@ -336,7 +364,11 @@ impl ProxyHttp for Gateway {
         // Limits first: nothing else should look at an oversized request.
         let limits = snapshot.limits;
         session.set_read_timeout(Some(limits.body_read_timeout));
-        session.set_keepalive(Some(limits.keepalive_seconds));
+        // Our idle timeout for connections that stay open; one the client
+        // asked to close (or HTTP/1.0 without keep-alive) stays closing.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(limits.keepalive_seconds));
+        }
         let req = session.req_header();
         let header_bytes: usize = req
             .headers
@@ -664,7 +696,8 @@ impl ProxyHttp for Gateway {
             .and_then(|i| snapshot.router.routes().get(i))
             .and_then(|r| r.timeout);
         peer.options.connection_timeout = Some(timeouts.connect.0);
-        peer.options.read_timeout = Some(route_timeout.unwrap_or(timeouts.read.0));
+        peer.options.read_timeout =
+            Some(route_timeout.map_or(timeouts.read.0, |route| route.min(timeouts.read.0)));
         peer.options.write_timeout = Some(timeouts.write.0);
         peer.options.idle_timeout = Some(timeouts.idle.0);
         if pool.spec.protocol == config::UpstreamProtocol::Http2 {
@@ -846,12 +879,89 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A retry arms its own deadlines.
+        ctx.disarm_deadlines();
+        let ends = digest
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| Some((*s.local_addr()?.as_inet()?, *s.peer_addr()?.as_inet()?)));
+        let (Some((local, peer)), Some(pool)) =
+            (ends, ctx.pool.and_then(|i| ctx.snapshot.pools.get(i)))
+        else {
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        let head = now + pool.spec.timeouts.response_headers.0;
+        ctx.head_deadline = Some(deadlines().arm(fd, local, peer, head));
+        let route_timeout = ctx
+            .route
+            .and_then(|i| ctx.snapshot.router.routes().get(i))
+            .and_then(|r| r.timeout);
+        if let Some(timeout) = route_timeout {
+            ctx.exchange_deadline = Some(deadlines().arm(fd, local, peer, now + timeout));
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            ctx.disarm_deadlines();
+        }
+        Ok(None)
+    }
+
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let limits = ctx.snapshot.limits;
+        if response.status.is_informational() && response.status.as_u16() != 101 {
+            // RFC 9110 §15.2: a few interim responses, never to an HTTP/1.0
+            // client, and `100 Continue` only to a client that asked for it
+            // (pingora lets 100 through exactly then); `103` passes.
+            ctx.interim_responses = ctx.interim_responses.saturating_add(1);
+            if ctx.interim_responses > limits.max_interim_responses {
+                ctx.reason = Some("too many interim responses from the upstream");
+                ctx.error = Some(GatewayError::UpstreamFailed);
+                return Err(status_error(GatewayError::UpstreamFailed));
+            }
+            let http10 = session.req_header().version == http::Version::HTTP_10;
+            let unasked_continue = response.status.as_u16() == 100;
+            session.set_ignore_info_resp(http10 || unasked_continue);
+            return Ok(());
+        }
+        if let Some(watch) = ctx.head_deadline.take() {
+            deadlines().disarm(&watch);
+        }
+        // An upstream's head is bounded like a client's (pingora allows 1 MB).
+        let head_bytes: usize = response
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if response.headers.len() > limits.max_response_header_count
+            || head_bytes > limits.max_response_header_size
+        {
+            ctx.reason = Some("upstream response head too large");
+            ctx.error = Some(GatewayError::UpstreamFailed);
+            return Err(status_error(GatewayError::UpstreamFailed));
+        }
         let status = response.status.as_u16();
         let failed = matches!(status, 502..=504);
         let snapshot = ctx.snapshot.clone();
@@ -930,6 +1040,12 @@ impl ProxyHttp for Gateway {
                 ctx.error = Some(GatewayError::Refused(refusal.status));
             }
         }
+        // A deadline cut the upstream off: that is a timeout, whatever the
+        // read error it caused says.
+        if ctx.error.is_none() && ctx.deadline_fired() {
+            ctx.reason = Some("upstream response past its deadline");
+            ctx.error = Some(GatewayError::UpstreamTimeout);
+        }
         let error = ctx.error.or_else(|| Gateway::classify(e));
         ctx.error = error;
         let Some(error) = error else {
@@ -966,6 +1082,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         metrics().in_flight.dec();
+        ctx.disarm_deadlines();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.elapsed();
         let snapshot = &ctx.snapshot;

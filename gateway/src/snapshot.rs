@@ -33,6 +33,9 @@ pub struct Limits {
     pub body_read_timeout: std::time::Duration,
     pub keepalive_seconds: u64,
     pub max_connections: usize,
+    pub max_response_header_size: usize,
+    pub max_response_header_count: usize,
+    pub max_interim_responses: u8,
 }
 
 pub struct Snapshot {
@@ -216,6 +219,10 @@ impl Snapshot {
                     body_read_timeout: limits.body_read_timeout.0,
                     keepalive_seconds: limits.keepalive_timeout.0.as_secs(),
                     max_connections: limits.max_connections,
+                    max_response_header_size: usize::try_from(limits.max_response_header_size.0)
+                        .unwrap_or(usize::MAX),
+                    max_response_header_count: limits.max_response_header_count,
+                    max_interim_responses: limits.max_interim_responses,
                 },
                 guard: crate::guard::GuardSettings {
                     head: crate::guard::framing::HeadLimits {

@@ -129,3 +129,247 @@ async fn slow_header_client_is_cut_off() {
     let ok = client().get(gateway.url("/")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+fn slow_client_config(echo: &Backend, limits: &str) -> String {
+    with_plain_listener(&format!(
+        "server:\n  access_log: false\n  limits: {{ {limits} }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+        echo.addr
+    ))
+}
+
+/// A body trickled below the minimum rate is cut off at its deadline (base
+/// allowance plus time earned by bytes received); a fast large body is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_is_cut_off_and_fast_bodies_are_not() {
+    let echo = Backend::start("echo").await;
+    let gateway = Gateway::start(&slow_client_config(
+        &echo,
+        "body_timeout: 1s, min_body_rate: 1KiB, max_body_size: 10MiB",
+    ))
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        // 10 bytes every 200 ms: 50 B/s, far below 1 KiB/s.
+        for _ in 0..100 {
+            if stream.write_all(&[b'x'; 10]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if started.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+        }
+    };
+    // Meanwhile, another client is served, and a fast 2 MiB body passes.
+    let others = async {
+        let ok = client().get(gateway.url("/")).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let big = client()
+            .post(gateway.url("/"))
+            .body(vec![b'y'; 2 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(big.status(), 200);
+    };
+    tokio::join!(trickle, others);
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut response)).await;
+    let after = started.elapsed();
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    eprintln!("slow body: cut off after {after:?}");
+    // Cut off at about 1 s + 200 bytes / 1 KiB/s, long before the 100 writes.
+    assert!(after < Duration::from_secs(5), "cut off after {after:?}");
+}
+
+/// 500 connections that never send a request are closed at the header
+/// deadline, and one that went idle after a request at the keep-alive
+/// timeout, while other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_at_their_deadlines() {
+    let echo = Backend::start("echo").await;
+    let gateway = Gateway::start(&slow_client_config(
+        &echo,
+        "header_timeout: 1s, keepalive_timeout: 1s",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut kept = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = kept.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    // Served while the idle ones wait.
+    for _ in 0..20 {
+        assert_eq!(
+            client()
+                .get(gateway.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let opened = started.elapsed();
+    let mut open_after = Vec::new();
+    for mut stream in idle.into_iter().chain(std::iter::once(kept)) {
+        let mut buf = [0u8; 256];
+        let result = tokio::time::timeout(Duration::from_secs(6), stream.read(&mut buf)).await;
+        if !matches!(result, Ok(Ok(0)) | Ok(Err(_))) {
+            open_after.push(format!("{result:?}"));
+        }
+    }
+    let all_closed = started.elapsed();
+    eprintln!("idle connections: 501 opened in {opened:?}, all closed by {all_closed:?}");
+    assert!(
+        open_after.is_empty(),
+        "{} still open: {:?}",
+        open_after.len(),
+        open_after.first()
+    );
+    // Each was closed within its 1 s bound (plus the time to open them all).
+    assert!(
+        all_closed < opened + Duration::from_secs(3),
+        "closed after {all_closed:?} (opened in {opened:?})"
+    );
+}
+
+/// One request on a kept-alive connection: was it answered 200?
+async fn exchange(stream: &mut tokio::net::TcpStream) -> std::io::Result<bool> {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await?;
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).await?;
+    Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
+}
+
+/// Beyond `max_connections`, new connections are closed at once; those
+/// being served are not stalled, and capacity returns when they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_new_connections_only() {
+    let echo = Backend::start("echo").await;
+    let gateway = Gateway::start(&slow_client_config(
+        &echo,
+        "max_connections: 20, header_timeout: 10s",
+    ))
+    .await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", gateway.port));
+    // One served keep-alive connection, then 19 idle ones fill the limit.
+    let mut served = connect().await.unwrap();
+    assert!(exchange(&mut served).await.unwrap());
+    let mut idle = Vec::new();
+    for _ in 0..19 {
+        idle.push(connect().await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The 21st is closed at once.
+    let mut extra = connect().await.unwrap();
+    let mut buf = [0u8; 64];
+    let refused = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+    assert!(matches!(refused, Ok(Ok(0)) | Ok(Err(_))), "{refused:?}");
+    // The served connection carries on.
+    assert!(exchange(&mut served).await.unwrap());
+    let metrics = crate::support::admin_get(gateway.admin, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("portcullis_connections_refused_total 1"),
+        "{metrics}"
+    );
+    // Capacity returns once idle connections go away.
+    drop(idle);
+    let recovered = crate::support::eventually(Duration::from_secs(5), || async {
+        let Ok(mut stream) = connect().await else {
+            return false;
+        };
+        exchange(&mut stream).await.unwrap_or(false)
+    })
+    .await;
+    assert!(recovered);
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client opening streams and
+/// cancelling them at once is cut off before its flood reaches the
+/// backend, and other clients are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off() {
+    let echo = Backend::start("echo").await;
+    let gateway = Gateway::start(&format!(
+        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}', h2c: true }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver: {{ access_log: false }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+        echo.addr
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
+    let (client_h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    const FLOOD: usize = 5000;
+    let mut sent = 0;
+    let mut sender = client_h2;
+    let started = Instant::now();
+    while sent < FLOOD && started.elapsed() < Duration::from_secs(10) {
+        let Ok(ready) = tokio::time::timeout(Duration::from_secs(2), sender.ready()).await else {
+            break;
+        };
+        let Ok(mut ready) = ready else { break };
+        let request = http::Request::get(format!("http://a/flood/{sent}"))
+            .body(())
+            .unwrap();
+        match ready.send_request(request, true) {
+            Ok((_response, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+        sender = ready;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let hits = echo.hits.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("rapid reset: {sent} streams opened and reset before the server closed the connection; {hits} reached the backend");
+    assert!(
+        ended.is_ok(),
+        "the server kept the flooding connection open ({sent} resets sent)"
+    );
+    assert!(sent < FLOOD, "all {FLOOD} resets were accepted");
+    assert!(
+        hits < 200,
+        "{hits} of {sent} cancelled requests reached the backend"
+    );
+    assert_eq!(
+        client()
+            .get(gateway.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

@@ -18,4 +18,5 @@ mod routing;
 mod sso;
 mod support;
 mod tls;
+mod upstream_faults;
 mod upstreams;

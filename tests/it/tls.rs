@@ -352,3 +352,69 @@ async fn mtls_optional_accepts_clients_without_certificate() {
         .unwrap();
     assert_eq!(get(&mut stream, "a.test").await.unwrap(), 200);
 }
+
+/// A client that opens TLS connections and never finishes the handshake
+/// is cut off at `limits.tls_handshake_timeout` (pingora alone waits 60 s),
+/// while others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_are_cut_off() {
+    let ca = TestCa::new("Portcullis test CA");
+    let leaf = ca.leaf(&["default.test"], false);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("c.key"), &leaf.key_pem).unwrap();
+    let echo = Backend::start("echo").await;
+    let config = format!(
+        "listeners:\n  - name: tls\n    address: '127.0.0.1:{{PORT}}'\n    tls:\n      certificates: [{{ cert: c.pem, key: c.key }}]\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver: {{ limits: {{ tls_handshake_timeout: 1s }} }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+        echo.addr
+    );
+    let gateway = Gateway::start_in(dir, &config).await;
+    let port = gateway.port;
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        if i % 2 == 1 {
+            // Half a ClientHello record, then silence.
+            tcp.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+                .await
+                .unwrap();
+        }
+        stalled.push(tcp);
+    }
+    // A real client is served meanwhile.
+    let connector = connector(&ca, None);
+    let mut good = connect(&connector, port, "default.test").await.unwrap();
+    assert_eq!(get(&mut good, "default.test").await.unwrap(), 200);
+    for (i, mut tcp) in stalled.into_iter().enumerate() {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+        let after = started.elapsed();
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "stalled handshake {i} still open after {after:?}: {closed:?}"
+        );
+        assert!(
+            after < Duration::from_secs(4),
+            "{i}: closed after {after:?}"
+        );
+    }
+    eprintln!("stalled handshakes: 20 closed by {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the deadline"
+    );
+    let metrics = crate::support::admin_get(gateway.admin, "/metrics")
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("portcullis_tls_handshake_timeouts_total 20"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("handshake"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

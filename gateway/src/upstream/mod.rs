@@ -4,6 +4,7 @@
 //! [`PoolRegistry`]), so health state, in-flight counts and the round-robin
 //! position carry over. Selection reads atomics only: no locks per request.
 
+pub mod deadline;
 mod health;
 
 use std::net::SocketAddr;
