@@ -801,6 +801,12 @@ pub struct Server {
     /// policy and the backend see them.
     #[serde(default)]
     pub paths: Paths,
+    /// Also send the client's address (the right-most address not in
+    /// `trusted_proxies`) in this header, e.g. `X-Real-IP` for backends
+    /// written for nginx. Whatever a client sends under the name is always
+    /// removed. Defaults to none (`X-Forwarded-For` and `Forwarded` carry it).
+    #[serde(default)]
+    pub real_ip_header: Option<String>,
     /// Request header names with `_`: `reject` (400), `drop` (removed) or
     /// `allow`. Many servers read `X_User` as `X-User`, so such names can
     /// slip past checks made on the other spelling. Defaults to reject.
@@ -899,6 +905,7 @@ impl Default for Server {
             limits: Limits::default(),
             paths: Paths::default(),
             headers_with_underscores: Underscores::default(),
+            real_ip_header: None,
             access_log: true,
         }
     }

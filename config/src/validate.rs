@@ -86,6 +86,9 @@ impl<'a> Checker<'a> {
             self.upstream(&root().child_key("upstreams").child_key(name), upstream);
         }
 
+        if let Some(name) = &config.server.real_ip_header {
+            self.header_name(root().child_key("server").child_key("real_ip_header"), name);
+        }
         self.redis_missing = config.redis.is_none();
         self.identity(&config.identity);
         if let Some(redis) = &config.redis {

@@ -10,7 +10,6 @@ pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
 pub const FORWARDED: &str = "forwarded";
-pub const X_REAL_IP: &str = "x-real-ip";
 pub const STRICT_TRANSPORT_SECURITY: &str = "strict-transport-security";
 
 /// The longest inbound request id we keep; longer ones are replaced.

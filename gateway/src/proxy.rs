@@ -77,20 +77,16 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn disarm_deadlines(&mut self) {
+    /// Disarms the upstream deadlines; true if one had already fired.
+    fn disarm_deadlines(&mut self) -> bool {
+        let mut fired = false;
         for watch in [self.head_deadline.take(), self.exchange_deadline.take()]
             .into_iter()
             .flatten()
         {
-            deadlines().disarm(&watch);
+            fired |= !deadlines().disarm(watch);
         }
-    }
-
-    fn deadline_fired(&self) -> bool {
-        [&self.head_deadline, &self.exchange_deadline]
-            .into_iter()
-            .flatten()
-            .any(Watch::fired)
+        fired
     }
 }
 
@@ -824,21 +820,39 @@ impl ProxyHttp for Gateway {
         let client = client_ip(session);
         let trusted = headers::is_trusted(client, &ctx.snapshot.trusted_proxies);
         let host = request_host(session.req_header());
+        // With `real_ip_header`, the client's address as the rate limiter
+        // sees it (the right-most untrusted hop) goes out under that name;
+        // whatever the client sent under it was stripped above.
+        let real_ip_header = ctx.snapshot.real_ip_header.as_ref();
+        let real = real_ip_header.and_then(|_| {
+            ratelimit::client_ip(
+                client,
+                &session.req_header().headers,
+                &ctx.snapshot.trusted_proxies,
+            )
+        });
         if let Some(ip) = client {
             let mut ip_buf = IpText::default();
             let ip_text = ip_buf.format(ip);
+            // Formatted once: the peer's address is X-Forwarded-For's last
+            // hop and, from an untrusted peer, X-Real-IP as well.
+            let peer_value = http::HeaderValue::from_str(ip_text).ok();
             let xff = match upstream.headers.get(headers::X_FORWARDED_FOR) {
                 Some(existing) if trusted => {
                     let mut joined = Vec::with_capacity(existing.len() + 2 + ip_text.len());
                     joined.extend_from_slice(existing.as_bytes());
                     joined.extend_from_slice(b", ");
                     joined.extend_from_slice(ip_text.as_bytes());
-                    http::HeaderValue::from_bytes(&joined)
+                    http::HeaderValue::from_bytes(&joined).ok()
                 }
-                _ => http::HeaderValue::from_str(ip_text),
+                _ => peer_value.clone(),
             };
-            if let Ok(xff) = xff {
+            if let Some(xff) = xff {
                 upstream.insert_header(headers::X_FORWARDED_FOR, xff)?;
+            }
+            if let (Some(name), true, Some(value)) = (real_ip_header, real == Some(ip), peer_value)
+            {
+                upstream.insert_header(name.clone(), value)?;
             }
             let proto = if ctx.is_tls { "https" } else { "http" };
             let element = headers::forwarded_element(ip, proto, Some(host));
@@ -853,17 +867,10 @@ impl ProxyHttp for Gateway {
             };
             upstream.insert_header(headers::FORWARDED, forwarded)?;
         }
-        // The client's address as the rate limiter sees it (the right-most
-        // untrusted hop); whatever the client sent under this name was
-        // stripped above as reserved.
-        if let Some(real) = ratelimit::client_ip(
-            client,
-            &session.req_header().headers,
-            &ctx.snapshot.trusted_proxies,
-        ) {
+        if let (Some(name), Some(real)) = (real_ip_header, real.filter(|r| Some(*r) != client)) {
             let mut ip_buf = IpText::default();
             if let Ok(value) = http::HeaderValue::from_str(ip_buf.format(real)) {
-                upstream.insert_header(headers::X_REAL_IP, value)?;
+                upstream.insert_header(name.clone(), value)?;
             }
         }
         if !(trusted && upstream.headers.contains_key(headers::X_FORWARDED_PROTO)) {
@@ -898,7 +905,10 @@ impl ProxyHttp for Gateway {
         else {
             return Ok(());
         };
-        let now = tokio::time::Instant::now();
+        // `upstream_peer` took the time just before connecting: no clock read.
+        let now = ctx
+            .upstream_started
+            .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
         let head = now + pool.spec.timeouts.response_headers.0;
         ctx.head_deadline = Some(deadlines().arm(fd, local, peer, head));
         let route_timeout = ctx
@@ -947,7 +957,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         if let Some(watch) = ctx.head_deadline.take() {
-            deadlines().disarm(&watch);
+            deadlines().disarm(watch);
         }
         // An upstream's head is bounded like a client's (pingora allows 1 MB).
         let head_bytes: usize = response
@@ -1042,7 +1052,7 @@ impl ProxyHttp for Gateway {
         }
         // A deadline cut the upstream off: that is a timeout, whatever the
         // read error it caused says.
-        if ctx.error.is_none() && ctx.deadline_fired() {
+        if ctx.disarm_deadlines() && ctx.error.is_none() {
             ctx.reason = Some("upstream response past its deadline");
             ctx.error = Some(GatewayError::UpstreamTimeout);
         }

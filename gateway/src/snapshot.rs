@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub guard: crate::guard::GuardSettings,
     /// How request targets are canonicalised.
     pub paths: portcullis_canonical::Rules,
+    /// The header that carries the client's address, when configured.
+    pub real_ip_header: Option<http::HeaderName>,
     /// What to do with header names that contain `_`.
     pub underscores: config::Underscores,
     pub trusted_proxies: Vec<IpNet>,
@@ -239,6 +241,11 @@ impl Snapshot {
                 },
                 paths: config.server.paths.rules(),
                 underscores: config.server.headers_with_underscores,
+                real_ip_header: config
+                    .server
+                    .real_ip_header
+                    .as_deref()
+                    .and_then(|name| http::HeaderName::from_bytes(name.as_bytes()).ok()),
                 trusted_proxies: config.server.trusted_proxies.clone(),
                 auth,
                 route_auth,

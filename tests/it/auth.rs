@@ -1020,7 +1020,7 @@ async fn token_and_reserved_header_table() {
     let text = config(&echo, &idp.server)
         .replace(
             "identity:\n",
-            "server: { headers_with_underscores: allow }\nidentity:\n  reserved_headers: [X-Custom-Trusted]\n",
+            "server: { headers_with_underscores: allow, real_ip_header: X-Real-IP }\nidentity:\n  reserved_headers: [X-Custom-Trusted]\n",
         )
         .replace(
             "    X-User-Roles: realm_access.roles\n",

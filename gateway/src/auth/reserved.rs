@@ -91,10 +91,13 @@ const ALWAYS_PREFIXES: &[&str] = &[
 const FORWARDING: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
 
 /// The compiled set for one config.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReservedHeaders {
     names: FastSet,
     prefixes: Vec<Box<str>>,
+    /// The first bytes of every name and prefix: most headers a request
+    /// carries (`host`, `accept`, `user-agent`) are passed over on one load.
+    first_bytes: [bool; 256],
 }
 
 impl ReservedHeaders {
@@ -105,7 +108,7 @@ impl ReservedHeaders {
         names: impl IntoIterator<Item = &'a str>,
         prefixes: impl IntoIterator<Item = &'a str>,
     ) -> Self {
-        let names = ALWAYS
+        let names: FastSet = ALWAYS
             .iter()
             .copied()
             .chain(names)
@@ -116,12 +119,27 @@ impl ReservedHeaders {
             .copied()
             .chain(prefixes)
             .map(|p| normalise(p).into_boxed_str())
-            .collect();
-        ReservedHeaders { names, prefixes }
+            .collect::<Vec<_>>();
+        let mut first_bytes = [false; 256];
+        for text in names.iter().chain(prefixes.iter()) {
+            if let Some(b) = text.bytes().next() {
+                first_bytes[usize::from(b)] = true;
+                first_bytes[usize::from(b.to_ascii_uppercase())] = true;
+            }
+        }
+        ReservedHeaders {
+            names,
+            prefixes,
+            first_bytes,
+        }
     }
 
     /// Whether a client-sent header of this name must be removed.
     pub fn contains(&self, name: &str) -> bool {
+        match name.bytes().next() {
+            Some(b) if self.first_bytes[usize::from(b)] => {}
+            _ => return false,
+        }
         // Header names from `http` are lower case already; only `_` needs
         // rewriting, and most names have none.
         let owned;

@@ -174,7 +174,9 @@ impl Drop for ConnectionSlot {
 /// Where the reader is in the client's byte stream.
 #[derive(Debug)]
 enum Phase {
-    /// Reading a request head into `buf`. `started`: the deadline runs.
+    /// Reading a request head into `buf`. `started`: the timer is aimed at
+    /// this head's deadline (from the connection's start for the first
+    /// head; for later ones, from when part of the head waits for the rest).
     Head {
         started: bool,
     },
@@ -300,8 +302,10 @@ impl GuardedStream {
     }
 
     fn start_body(&mut self, framing: Framing, upgrade: bool) {
-        self.body_started = Instant::now();
-        self.body_bytes = 0;
+        if matches!(framing, Framing::Chunked | Framing::Length(1..)) {
+            self.body_started = Instant::now();
+            self.body_bytes = 0;
+        }
         self.phase = match (framing, upgrade) {
             (_, true) => Phase::Opaque,
             (Framing::None, false) | (Framing::Length(0), false) => Phase::Head { started: false },
@@ -340,6 +344,16 @@ impl GuardedStream {
                 }
                 Scan::Incomplete => {}
             }
+            // Part of a later request's head is here and the rest is not:
+            // its deadline starts now. (A head that arrives whole, the
+            // common case, never touches the timer.)
+            let mut started = started;
+            if !started && !self.buf.is_empty() {
+                started = true;
+                self.phase = Phase::Head { started };
+                let deadline = Instant::now() + self.settings.header_timeout;
+                self.timer.as_mut().reset(deadline);
+            }
             if started {
                 let deadline = self.timer.deadline();
                 if self.deadline_passed(deadline, cx) {
@@ -349,19 +363,44 @@ impl GuardedStream {
                     )));
                 }
             }
+            if self.buf.is_empty() {
+                // The common case, without a copy: the whole head arrives in
+                // one read, straight into pingora's buffer, and is checked
+                // there. Anything else takes the bytes back into `buf`.
+                let before = out.filled().len();
+                match Pin::new(&mut self.inner).poll_read(cx, out) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let new = &out.filled()[before..];
+                if new.is_empty() {
+                    // End of stream: pingora sees it as the client leaving.
+                    return Poll::Ready(Ok(()));
+                }
+                if let Scan::Complete { start: 0, end } =
+                    framing::scan_head(new, &self.settings.head)
+                {
+                    if let Ok(head) = framing::check_head(&new[..end], &self.settings.head) {
+                        if end < new.len() {
+                            // A body or the next request: handed out later.
+                            self.buf.extend_from_slice(&new[end..]);
+                            out.set_filled(before + end);
+                        }
+                        self.start_body(head.framing, head.upgrade);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                self.buf.extend_from_slice(new);
+                out.set_filled(before);
+                continue;
+            }
             match self.fill(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 // End of stream: pingora sees it as the client leaving.
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                Poll::Ready(Ok(_)) => {
-                    if !started {
-                        // The next request's first byte: its head deadline runs.
-                        self.phase = Phase::Head { started: true };
-                        let deadline = Instant::now() + self.settings.header_timeout;
-                        self.timer.as_mut().reset(deadline);
-                    }
-                }
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }

@@ -20,8 +20,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 
 use nix::sys::socket::{getpeername, getsockname, shutdown, Shutdown, SockaddrStorage};
 use tokio::sync::Notify;
@@ -33,7 +33,6 @@ struct Armed {
     fd: RawFd,
     local: SocketAddr,
     peer: SocketAddr,
-    fired: Arc<AtomicBool>,
 }
 
 /// Every armed deadline of the process.
@@ -44,18 +43,11 @@ pub struct Deadlines {
     next_id: AtomicU64,
 }
 
-/// One armed deadline, held by the request.
+/// One armed deadline, held by the request. A deadline the reaper has
+/// acted on is no longer in the map: [`Deadlines::disarm`] says so.
 #[derive(Debug)]
 pub struct Watch {
     key: Key,
-    fired: Arc<AtomicBool>,
-}
-
-impl Watch {
-    /// Whether the deadline passed and the exchange was cut off.
-    pub fn fired(&self) -> bool {
-        self.fired.load(Ordering::Acquire)
-    }
 }
 
 static DEADLINES: LazyLock<Deadlines> = LazyLock::new(Deadlines::default);
@@ -86,29 +78,21 @@ impl Deadlines {
     /// `peer`.
     pub fn arm(&self, fd: RawFd, local: SocketAddr, peer: SocketAddr, at: Instant) -> Watch {
         let key = (at, self.next_id.fetch_add(1, Ordering::Relaxed));
-        let fired = Arc::new(AtomicBool::new(false));
         let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
         let earliest = armed.keys().next().is_none_or(|first| key < *first);
-        armed.insert(
-            key,
-            Armed {
-                fd,
-                local,
-                peer,
-                fired: fired.clone(),
-            },
-        );
+        armed.insert(key, Armed { fd, local, peer });
         drop(armed);
         if earliest {
             self.earliest_changed.notify_one();
         }
-        Watch { key, fired }
+        Watch { key }
     }
 
-    /// The exchange got what the deadline was waiting for.
-    pub fn disarm(&self, watch: &Watch) {
+    /// The exchange got what the deadline was waiting for. Returns false
+    /// when the deadline had already passed and the connection was cut.
+    pub fn disarm(&self, watch: Watch) -> bool {
         let mut armed = self.armed.lock().unwrap_or_else(|e| e.into_inner());
-        armed.remove(&watch.key);
+        armed.remove(&watch.key).is_some()
     }
 
     /// Shuts down every connection whose deadline has passed; returns the
@@ -121,7 +105,6 @@ impl Deadlines {
         drop(armed);
         for entry in due.into_values() {
             if ends(entry.fd) == Some((entry.local, entry.peer)) {
-                entry.fired.store(true, Ordering::Release);
                 log::debug!("upstream {} past its deadline; closing", entry.peer);
                 let _ = shutdown(entry.fd, Shutdown::Both);
             }
@@ -163,15 +146,14 @@ mod tests {
         let (lb, pb) = ends_of(&b);
         let wa = deadlines.arm(a.as_raw_fd(), la, pa, now);
         let wb = deadlines.arm(b.as_raw_fd(), lb, pb, now);
-        deadlines.disarm(&wb);
+        assert!(deadlines.disarm(wb), "disarmed in time");
         // A stale entry (other addresses) is never acted on.
-        let wc = deadlines.arm(b.as_raw_fd(), la, pb, now);
+        let _stale = deadlines.arm(b.as_raw_fd(), la, pb, now);
         assert_eq!(
             deadlines.reap(now + std::time::Duration::from_millis(1)),
             None
         );
-        assert!(wa.fired(), "{:?} {:?}", (la, pa), ends(a.as_raw_fd()));
-        assert!(!wb.fired() && !wc.fired());
+        assert!(!deadlines.disarm(wa), "the reaper had it");
         let mut buf = [0u8; 1];
         use std::io::Read;
         assert_eq!((&a).read(&mut buf).unwrap(), 0, "shut down");
