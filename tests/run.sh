@@ -51,6 +51,20 @@ set +e
 cargo test --workspace --all-targets 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The slow suites, briefly: a 30-second soak (benches/soak.sh runs it for
+# 30 minutes) and every fuzz target for 20 s (fuzz/run.sh 600 by hand).
+if [ "$status" -eq 0 ]; then
+  set +e
+  SOAK_SECONDS=30 SOAK_OUT=target/soak cargo test --test it soak -- --ignored 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+fi
+if [ "$status" -eq 0 ]; then
+  set +e
+  bash fuzz/run.sh "${FUZZ_SECONDS:-20}" 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+  set -e
+fi
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
 echo "Total: $passed passed, $failed failed"

@@ -220,15 +220,22 @@ fn canonical_origin<'a>(
     Ok(Cow::Owned(out))
 }
 
-/// The query: passed as received, except that non-ASCII bytes are
-/// percent-encoded (a URI is ASCII) and control characters are refused.
+/// Query bytes a URI may not hold as they are: non-ASCII, and `"`, `<`,
+/// `>` (RFC 3986 §2; HTTP libraries refuse them).
+fn query_needs_escape(b: u8) -> bool {
+    b >= 0x80 || matches!(b, b'"' | b'<' | b'>')
+}
+
+/// The query: passed as received, except that bytes a URI may not hold are
+/// percent-encoded (the same bytes once decoded) and control characters
+/// are refused.
 fn canonical_query(query: &[u8]) -> Result<Cow<'_, str>, Rejection> {
     let mut needs_encoding = false;
     for &b in query {
         match b {
             0..=0x20 | 0x7f => return Err(Rejection::ControlCharacter),
             b'#' => return Err(Rejection::Fragment),
-            0x80.. => needs_encoding = true,
+            b if query_needs_escape(b) => needs_encoding = true,
             _ => {}
         }
     }
@@ -239,7 +246,7 @@ fn canonical_query(query: &[u8]) -> Result<Cow<'_, str>, Rejection> {
     }
     let mut out = String::with_capacity(query.len() * 3);
     for &b in query {
-        if b >= 0x80 {
+        if query_needs_escape(b) {
             push_escape(&mut out, b);
         } else {
             out.push(b as char);

@@ -242,3 +242,33 @@ fn outputs_are_fixed_points() {
         }
     }
 }
+
+/// Found by the `canonical` fuzz target: `>` in a query made a target that
+/// HTTP libraries refuse.
+#[test]
+fn query_bytes_a_uri_cannot_hold_are_escaped() {
+    fn t(raw: &[u8]) -> Result<Target<'_>, Rejection> {
+        canonical_target(raw, false, None, &Rules::default())
+    }
+    assert_eq!(
+        t(b"/?///>/"),
+        Ok(Target::Origin(Cow::Owned("/?///%3E/".into())))
+    );
+    assert_eq!(
+        t(b"/a?x=\"<y>\"&z={|}^`"),
+        Ok(Target::Origin(Cow::Owned(
+            "/a?x=%22%3Cy%3E%22&z={|}^`".into()
+        )))
+    );
+    // Every byte in a query comes out as a valid URI query.
+    for b in 0x21u8..=0xff {
+        if let Ok(Target::Origin(target)) = t(&[b'/', b'?', b'a', b, b'b']) {
+            assert!(
+                target
+                    .chars()
+                    .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '<' | '>')),
+                "{b:#x}: {target}"
+            );
+        }
+    }
+}

@@ -25,23 +25,7 @@ fn plain_config(upstream: &str, protocol: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_gateway() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let backend = websocket_echo_backend().await;
     let gateway = Gateway::start(&plain_config(&backend.to_string(), "http1")).await;
     let url = format!("ws://127.0.0.1:{}/ws", gateway.port);
     let (mut ws, response) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -61,10 +45,44 @@ async fn websocket_echo_through_gateway() {
     ws.close(None).await.unwrap();
 }
 
+/// A WebSocket backend that echoes text and binary messages.
+pub(crate) async fn websocket_echo_backend() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    backend
+}
+
+/// A tonic server with the `echo.Echo` service.
+pub(crate) async fn grpc_backend() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EchoService)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    backend
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
-struct Note {
+pub(crate) struct Note {
     #[prost(string, tag = "1")]
-    text: String,
+    pub(crate) text: String,
 }
 
 type NoteStream = Pin<Box<dyn Stream<Item = Result<Note, Status>> + Send>>;
@@ -147,13 +165,7 @@ impl Service<http::Request<tonic::body::Body>> for EchoService {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_streaming_and_trailers_through_gateway() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(EchoService)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let backend = grpc_backend().await;
     let gateway = Gateway::start(&plain_config(&backend.to_string(), "http2")).await;
     let channel =
         tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", gateway.port))

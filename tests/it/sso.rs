@@ -15,7 +15,7 @@ use crate::support::{
 };
 
 /// The SSO as a child process, killed on drop.
-struct SsoProcess {
+pub(crate) struct SsoProcess {
     child: Child,
     port: u16,
 }
@@ -23,7 +23,7 @@ struct SsoProcess {
 impl SsoProcess {
     /// Writes `config` (with `{PORT}` filled in) to `dir/sso.yaml` and waits
     /// for discovery to answer.
-    async fn start(dir: &Path, config: &str, port: u16) -> SsoProcess {
+    pub(crate) async fn start(dir: &Path, config: &str, port: u16) -> SsoProcess {
         let path = dir.join(format!("sso-{port}.yaml"));
         std::fs::write(&path, config.replace("{PORT}", &port.to_string())).unwrap();
         let log = std::fs::File::create(dir.join(format!("sso-{port}.log"))).unwrap();
@@ -48,7 +48,7 @@ impl SsoProcess {
         sso
     }
 
-    fn issuer(&self) -> String {
+    pub(crate) fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}/sso", self.port)
     }
 
@@ -56,7 +56,7 @@ impl SsoProcess {
         std::fs::read_to_string(dir.join(format!("sso-{}.log", self.port))).unwrap_or_default()
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.issuer())
     }
 }
@@ -118,7 +118,7 @@ clients:
     )
 }
 
-fn write_users(dir: &Path) {
+pub(crate) fn write_users(dir: &Path) {
     std::fs::write(
         dir.join("users.yaml"),
         format!(
@@ -138,7 +138,7 @@ fn write_users(dir: &Path) {
     .unwrap();
 }
 
-async fn client_credentials(
+pub(crate) async fn client_credentials(
     sso: &SsoProcess,
     form: &[(&str, &str)],
     basic: Option<(&str, &str)>,
@@ -465,7 +465,7 @@ clients:
 }
 
 /// A minimal browser for the login form: cookies by name, no redirects.
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     cookies: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
@@ -494,7 +494,7 @@ impl Browser {
         }
     }
 
-    fn cookie_header(&self) -> String {
+    pub(crate) fn cookie_header(&self) -> String {
         let cookies = self.cookies.lock().unwrap();
         cookies
             .iter()
@@ -518,7 +518,7 @@ impl Browser {
     }
 
     /// A navigation: `Accept: text/html`, as a browser sends.
-    async fn navigate(&self, url: &str) -> reqwest::Response {
+    pub(crate) async fn navigate(&self, url: &str) -> reqwest::Response {
         let response = self
             .http
             .get(url)
@@ -1539,7 +1539,11 @@ async fn logout_without_a_hint_asks_first() {
 
 /// The SSO with a confidential, first-party client `gateway` whose redirect
 /// URIs are the gateways on `gateway_ports`.
-async fn sso_with_gateway_client(dir: &Path, sso_port: u16, gateway_ports: &[u16]) -> SsoProcess {
+pub(crate) async fn sso_with_gateway_client(
+    dir: &Path,
+    sso_port: u16,
+    gateway_ports: &[u16],
+) -> SsoProcess {
     let redirects: Vec<String> = gateway_ports
         .iter()
         .map(|p| format!("'http://127.0.0.1:{p}/_auth/callback'"))
@@ -1625,7 +1629,7 @@ async fn alice_signs_in(browser: &Browser, sso: &SsoProcess, form: &str) -> reqw
 
 /// Signs `browser` in through gateway `gw` (login page, SSO form) and
 /// returns the gateway's callback URL, not yet visited.
-async fn sign_in_at_sso(browser: &Browser, gw: &str, sso: &SsoProcess) -> String {
+pub(crate) async fn sign_in_at_sso(browser: &Browser, gw: &str, sso: &SsoProcess) -> String {
     let first = browser.navigate(&format!("{gw}/app/items")).await;
     assert_eq!(first.status(), 302);
     let to_login = first.headers()["location"].to_str().unwrap().to_owned();
