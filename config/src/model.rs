@@ -673,6 +673,11 @@ pub struct Listener {
     /// for gRPC clients inside the cluster. Defaults to false.
     #[serde(default)]
     pub h2c: bool,
+    /// Most open client connections on this listener (beside
+    /// `server.limits.max_connections` for all); a new one beyond it is
+    /// closed at once. Defaults to no limit of its own.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// TLS on a listener: rustls, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`.
@@ -969,6 +974,10 @@ pub struct Limits {
     /// stalled). Defaults to 10000.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection (advertised in
+    /// SETTINGS). Defaults to 100 (Envoy's and pingora's default).
+    #[serde(default = "default_h2_max_concurrent_streams")]
+    pub h2_max_concurrent_streams: u32,
     /// Most requests on one HTTP/1 connection before it is closed.
     /// Defaults to 1000 (nginx's `keepalive_requests`).
     #[serde(default = "default_max_requests_per_connection")]
@@ -1001,6 +1010,7 @@ impl Default for Limits {
             min_body_rate: default_min_body_rate(),
             tls_handshake_timeout: default_tls_handshake_timeout(),
             max_connections: default_max_connections(),
+            h2_max_concurrent_streams: default_h2_max_concurrent_streams(),
             max_requests_per_connection: default_max_requests_per_connection(),
             max_response_header_size: default_max_response_header_size(),
             max_response_header_count: default_max_header_count(),
@@ -1041,6 +1051,9 @@ fn default_tls_handshake_timeout() -> Duration {
 }
 const fn default_max_connections() -> usize {
     10_000
+}
+const fn default_h2_max_concurrent_streams() -> u32 {
+    100
 }
 const fn default_max_requests_per_connection() -> u32 {
     1000

@@ -119,13 +119,27 @@ impl GatewayError {
         }
     }
 
-    /// `{"error":"...","status":N,"request_id":"..."}`
+    /// The RFC 6750 error code of an authentication or authorisation
+    /// failure (the same as in `WWW-Authenticate`).
+    pub fn oauth_code(self) -> Option<&'static str> {
+        match self {
+            GatewayError::InvalidToken => Some("invalid_token"),
+            GatewayError::Forbidden => Some("insufficient_scope"),
+            _ => None,
+        }
+    }
+
+    /// `{"error":"...","status":N,"request_id":"..."}`, and `"code"` with
+    /// the RFC 6750 error code on 401 and 403 for a bad credential.
     pub fn body(self, request_id: &str) -> Bytes {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": self.to_string(),
             "status": self.status(),
             "request_id": request_id,
         });
+        if let Some(code) = self.oauth_code() {
+            body["code"] = code.into();
+        }
         Bytes::from(body.to_string())
     }
 

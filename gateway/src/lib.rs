@@ -164,12 +164,19 @@ pub fn run(valid: ValidConfig) -> Result<(), StartError> {
             snapshot: reloader.shared(),
             listener: index,
         };
+        let limits = &config.server.limits;
+        let options = guard::ServiceOptions {
+            name: &listener.name,
+            h2c: listener.h2c,
+            max_requests_per_connection: limits.max_requests_per_connection,
+            max_connections: listener.max_connections,
+            h2_max_concurrent_streams: limits.h2_max_concurrent_streams,
+            h2_max_header_list: u32::try_from(limits.max_header_size.0).unwrap_or(u32::MAX),
+        };
         let mut service = guard::proxy_service(
             &server.configuration,
             gateway,
-            &listener.name,
-            Some(config.server.limits.max_requests_per_connection),
-            listener.h2c,
+            &options,
             connections.clone(),
         );
         let address = listener.address.to_string();

@@ -144,15 +144,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty())
+    portcullis_cookie::find(headers, name).map(str::to_owned)
 }
 
 /// Only a path of this gateway: no scheme, no `//host`, no backslashes
@@ -605,22 +597,16 @@ pub fn is_browser_navigation(method: &http::Method, headers: &HeaderMap) -> bool
 }
 
 /// Whether one `Cookie` header value has a cookie called `name` (no
-/// allocation: checked for every proxied request).
+/// allocation: checked for every proxied request). The same reading as
+/// [`cookie_value`], so a cookie that signs a request in is always found
+/// here (`portcullis_cookie`).
 pub fn cookie_value_in(value: &[u8], name: &str) -> bool {
-    value.split(|b| *b == b';').any(|pair| {
-        let pair = pair.trim_ascii_start();
-        pair.len() > name.len() && pair.starts_with(name.as_bytes()) && pair[name.len()] == b'='
-    })
+    portcullis_cookie::contains(value, name)
 }
 
 /// The `Cookie` header without the session cookie (for the upstream).
-pub fn without_cookie(value: &str, name: &str) -> String {
-    value
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k != name))
-        .collect::<Vec<_>>()
-        .join("; ")
+pub fn without_cookie(value: &[u8], name: &str) -> Vec<u8> {
+    portcullis_cookie::without(value, name)
 }
 
 #[cfg(test)]
@@ -665,13 +651,10 @@ mod tests {
     #[test]
     fn session_cookie_is_removed_for_upstreams() {
         assert_eq!(
-            without_cookie("a=1; portcullis_session=s3cr3t; b=2", "portcullis_session"),
-            "a=1; b=2"
+            without_cookie(b"a=1; portcullis_session=s3cr3t; b=2", "portcullis_session"),
+            b"a=1; b=2"
         );
-        assert_eq!(
-            without_cookie("portcullis_session=x", "portcullis_session"),
-            ""
-        );
+        assert!(without_cookie(b"portcullis_session=x", "portcullis_session").is_empty());
     }
 
     #[test]

@@ -784,17 +784,22 @@ impl ProxyHttp for Gateway {
                 .iter()
                 .any(|v| crate::login::cookie_value_in(v.as_bytes(), name));
             if carries {
-                let cookies: Vec<String> = upstream
-                    .headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .map(|v| crate::login::without_cookie(v, name))
-                    .filter(|v| !v.is_empty())
-                    .collect();
+                let mut joined: Vec<u8> = Vec::new();
+                for value in upstream.headers.get_all(header::COOKIE) {
+                    let rest = crate::login::without_cookie(value.as_bytes(), name);
+                    if rest.is_empty() {
+                        continue;
+                    }
+                    if !joined.is_empty() {
+                        joined.extend_from_slice(b"; ");
+                    }
+                    joined.extend_from_slice(&rest);
+                }
                 upstream.remove_header(&header::COOKIE);
-                if !cookies.is_empty() {
-                    upstream.insert_header(header::COOKIE, cookies.join("; "))?;
+                if let (false, Ok(value)) =
+                    (joined.is_empty(), http::HeaderValue::from_bytes(&joined))
+                {
+                    upstream.insert_header(header::COOKIE, value)?;
                 }
             }
         }
@@ -1233,17 +1238,14 @@ fn hash_key<'s>(session: &'s Session, hash_on: &config::HashOn) -> HashKey<'s> {
             .map_or(HashKey::None, |v| HashKey::Bytes(v.as_bytes()));
     }
     if let Some(cookie_name) = &hash_on.cookie {
-        for value in req.headers.get_all(header::COOKIE) {
-            let Ok(text) = value.to_str() else { continue };
-            for pair in text.split(';') {
-                if let Some((name, value)) = pair.trim().split_once('=') {
-                    if name == cookie_name {
-                        return HashKey::Bytes(value.as_bytes());
-                    }
-                }
-            }
-        }
-        return HashKey::None;
+        // The same reading of `Cookie` as everywhere (portcullis_cookie).
+        return req
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|value| portcullis_cookie::pairs(value.as_bytes()))
+            .find(|(name, _)| *name == cookie_name.as_bytes())
+            .map_or(HashKey::None, |(_, value)| HashKey::Bytes(value));
     }
     client_ip(session).map_or(HashKey::None, HashKey::Ip)
 }

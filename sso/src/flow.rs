@@ -785,15 +785,7 @@ fn display_name(client: &Client) -> String {
 
 /// A cookie's value from the request.
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .filter(|v| !v.is_empty())
+    portcullis_cookie::find(headers, name).map(str::to_owned)
 }
 
 /// `uri` with `params` appended to its query.

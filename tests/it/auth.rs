@@ -1044,6 +1044,7 @@ async fn token_and_reserved_header_table() {
     );
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "invalid token");
+    assert_eq!(body["code"], "invalid_token");
     assert!(body["request_id"].is_string());
     // Wrong audience, and an array without ours.
     for aud in [json!("other"), json!(["other", "more"])] {

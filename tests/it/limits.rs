@@ -373,3 +373,53 @@ async fn http2_rapid_reset_is_cut_off() {
         200
     );
 }
+
+/// A listener's own connection limit, beside the process-wide one, and
+/// the HTTP/2 stream limit the gateway advertises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_connection_limit_and_h2_stream_limit() {
+    let echo = Backend::start("echo").await;
+    let gateway = Gateway::start(&format!(
+        "listeners:\n  - {{ name: plain, address: '127.0.0.1:{{PORT}}', h2c: true, max_connections: 5 }}\nadmin: {{ address: '127.0.0.1:{{ADMIN}}' }}\nserver: {{ access_log: false, limits: {{ h2_max_concurrent_streams: 7, header_timeout: 10s }} }}\nupstreams:\n  echo: {{ targets: ['{}'] }}\nroutes:\n  - {{ name: all, upstream: echo }}\n",
+        echo.addr
+    ))
+    .await;
+    // HTTP/2: the server's SETTINGS carry the stream limit.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
+    let (h2_client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut ready = h2_client.ready().await.unwrap();
+    let (response, _) = ready
+        .send_request(http::Request::get("http://a/").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(ready.current_max_send_streams(), 7);
+    // Four more connections fill the listener's five; the sixth is closed.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut sixth = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let refused = tokio::time::timeout(Duration::from_secs(2), sixth.read(&mut buf)).await;
+    assert!(matches!(refused, Ok(Ok(0)) | Ok(Err(_))), "{refused:?}");
+    drop(open);
+    let recovered = crate::support::eventually(Duration::from_secs(5), || async {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", gateway.port)).await
+        else {
+            return false;
+        };
+        exchange(&mut stream).await.unwrap_or(false)
+    })
+    .await;
+    assert!(recovered);
+}

@@ -78,7 +78,23 @@ pub struct GuardedProxy {
     inner: Arc<HttpProxy<Gateway>>,
     snapshot: SharedSnapshot,
     h2c: bool,
+    /// Every listener's connections, and this listener's with its own
+    /// limit (`listeners[].max_connections`).
     connections: Arc<ConnectionLimit>,
+    listener_connections: Arc<ConnectionLimit>,
+    listener_max: Option<usize>,
+}
+
+/// How a listener's proxy service is set up (fixed until a restart).
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceOptions<'a> {
+    pub name: &'a str,
+    pub h2c: bool,
+    pub max_requests_per_connection: u32,
+    pub max_connections: Option<usize>,
+    pub h2_max_concurrent_streams: u32,
+    /// Largest decoded HTTP/2 header list (`limits.max_header_size`).
+    pub h2_max_header_list: u32,
 }
 
 /// The process-wide connection limit, shared by every listener.
@@ -91,25 +107,31 @@ pub struct ConnectionLimit {
 pub fn proxy_service(
     conf: &Arc<ServerConf>,
     gateway: Gateway,
-    name: &str,
-    max_requests_per_connection: Option<u32>,
-    h2c: bool,
+    options: &ServiceOptions<'_>,
     connections: Arc<ConnectionLimit>,
 ) -> Service<GuardedProxy> {
     let snapshot = gateway.snapshot.clone();
     let mut proxy = HttpProxy::new(gateway, conf.clone());
-    let mut options = HttpServerOptions::default();
-    options.h2c = h2c;
-    options.keepalive_request_limit = max_requests_per_connection;
-    proxy.server_options = Some(options);
+    let mut server = HttpServerOptions::default();
+    server.h2c = options.h2c;
+    server.keepalive_request_limit = Some(options.max_requests_per_connection);
+    proxy.server_options = Some(server);
+    // pingora's bounded defaults (which also cap resets of streams it has
+    // not yet accepted: the rapid-reset defence), with our limits.
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(options.h2_max_concurrent_streams)
+        .max_header_list_size(options.h2_max_header_list);
+    proxy.h2_options = Some(h2);
     proxy.handle_init_modules();
     Service::new(
-        format!("proxy {name}"),
+        format!("proxy {}", options.name),
         GuardedProxy {
             inner: Arc::new(proxy),
             snapshot,
-            h2c,
+            h2c: options.h2c,
             connections,
+            listener_connections: Arc::default(),
+            listener_max: options.max_connections,
         },
     )
 }
@@ -125,7 +147,14 @@ impl ServerApp for GuardedProxy {
     ) -> Option<Stream> {
         handshake::completed(&stream);
         let snapshot = self.snapshot.load();
-        let Some(_slot) = self.connections.try_open(snapshot.limits.max_connections) else {
+        let slots = self
+            .connections
+            .try_open(snapshot.limits.max_connections)
+            .zip(
+                self.listener_connections
+                    .try_open(self.listener_max.unwrap_or(usize::MAX)),
+            );
+        let Some(_slots) = slots else {
             // Overload: refuse the new connection, never stall served ones.
             metrics().refused_connections.inc();
             return None;
