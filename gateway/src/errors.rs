@@ -46,30 +46,16 @@ pub enum GatewayError {
     UriTooLong,
     #[error("bad request: a header name contains `_`")]
     UnderscoreInHeaderName,
-    /// Refused by the connection guard before routing (malformed framing
-    /// 400, unsupported coding 501 or version 505, too large 414/431, too
-    /// slow 408, CONNECT 405).
-    #[error("{}", refused_message(*.0))]
-    Refused(u16),
+    #[error("transfer coding not implemented")]
+    NotImplemented,
+    #[error("HTTP version not supported")]
+    VersionNotSupported,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("client too slow")]
     ClientTimeout,
     #[error("internal error")]
     Internal,
-}
-
-fn refused_message(status: u16) -> &'static str {
-    match status {
-        405 => "method not allowed",
-        408 => "request timeout",
-        413 => "request body too large",
-        414 => "request target too long",
-        431 => "request headers too large",
-        501 => "transfer coding not implemented",
-        505 => "HTTP version not supported",
-        _ => "malformed request",
-    }
 }
 
 impl GatewayError {
@@ -91,7 +77,8 @@ impl GatewayError {
             | GatewayError::BadTarget(_)
             | GatewayError::UnderscoreInHeaderName => 400,
             GatewayError::UriTooLong => 414,
-            GatewayError::Refused(status) => status,
+            GatewayError::NotImplemented => 501,
+            GatewayError::VersionNotSupported => 505,
             GatewayError::MethodNotAllowed => 405,
             GatewayError::ClientTimeout => 408,
             GatewayError::Internal => 500,
@@ -115,6 +102,8 @@ impl GatewayError {
             414 => GatewayError::UriTooLong,
             405 => GatewayError::MethodNotAllowed,
             502 => GatewayError::UpstreamFailed,
+            501 => GatewayError::NotImplemented,
+            505 => GatewayError::VersionNotSupported,
             _ => GatewayError::Internal,
         }
     }

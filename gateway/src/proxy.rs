@@ -346,7 +346,7 @@ impl ProxyHttp for Gateway {
                     .with_label_values(&[&refusal.status.to_string()])
                     .inc();
                 return self
-                    .reject(session, ctx, GatewayError::Refused(refusal.status))
+                    .reject(session, ctx, GatewayError::from_status(refusal.status))
                     .await;
             }
         }
@@ -1052,7 +1052,7 @@ impl ProxyHttp for Gateway {
         if ctx.error.is_none() {
             if let Some(refusal) = crate::guard::refusal_of(session.stream()) {
                 ctx.reason = Some(refusal.reason);
-                ctx.error = Some(GatewayError::Refused(refusal.status));
+                ctx.error = Some(GatewayError::from_status(refusal.status));
             }
         }
         // A deadline cut the upstream off: that is a timeout, whatever the

@@ -159,6 +159,8 @@ impl ServerApp for GuardedProxy {
             metrics().refused_connections.inc();
             return None;
         };
+        // Every served connection, HTTP/2 included, for `/metrics`.
+        let _counted = ConnectionCount::new();
         let settings = snapshot.guard;
         drop(snapshot);
         // HTTP/2 multiplexes many requests on one connection with binary
@@ -243,7 +245,6 @@ pub struct GuardedStream {
     body_started: Instant,
     body_bytes: u64,
     refusal: Option<Refusal>,
-    _connection: ConnectionCount,
 }
 
 struct ConnectionCount;
@@ -275,7 +276,6 @@ impl GuardedStream {
             body_started: Instant::now(),
             body_bytes: 0,
             refusal: None,
-            _connection: ConnectionCount::new(),
         }
     }
 
