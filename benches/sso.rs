@@ -40,7 +40,7 @@ fn signing(c: &mut Criterion) {
         let keys = KeyStore::open(
             dir.path(),
             Schedule {
-                algorithm,
+                algorithms: vec![algorithm],
                 rotate_every: 86_400,
                 publish_ahead: 3_600,
                 retain_for: 3_600,

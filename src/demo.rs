@@ -35,7 +35,7 @@ fn sso_config(ports: &Ports, service_hash: &str, gateway_hash: &str) -> String {
 issuer: http://127.0.0.1:{gateway}/sso
 listen: 127.0.0.1:{sso}
 keys: {{ dir: keys }}
-users: {{ file: users.yaml, registration: open, registered_roles: [demo] }}
+users: {{ file: users.yaml, registration: open }}
 session: {{ secure_cookies: false }}
 trusted_proxies: [127.0.0.1/32]
 branding: {{ title: Portcullis demo }}
@@ -59,6 +59,7 @@ clients:
     grant_types: [ authorization_code, refresh_token ]
     redirect_uris: [ 'http://127.0.0.1:{gateway}/_auth/callback' ]
     post_logout_redirect_uris: [ 'http://127.0.0.1:{gateway}/docs/' ]
+    backchannel_logout_uri: 'http://127.0.0.1:{gateway}/_auth/backchannel-logout'
     audience: [ demo-api ]
 ",
         gateway = ports.gateway,
@@ -73,7 +74,9 @@ fn users_file(user_hash: &str) -> String {
     password_hash: '{user_hash}'
     name: Demo User
     email: demo@example.com
-    roles: [ demo ]
+    # `admin` opens the gateway's own API (/gateway/…); self-registered
+    # users get no role at all.
+    roles: [ demo, admin ]
 "
     )
 }
@@ -93,6 +96,7 @@ identity:
     client_id: demo-gateway
     client_secret: '{gateway_secret}'
     scopes: [ openid, profile ]
+    public_url: 'http://127.0.0.1:{gateway}'
     post_logout_path: /docs/
     secure_cookies: false
 upstreams:
@@ -100,7 +104,12 @@ upstreams:
   sso: {{ targets: [ '127.0.0.1:{sso}' ] }}
 routes:
   - {{ name: health, match: {{ path: /healthz, methods: [ GET ] }}, upstream: admin }}
-  - {{ name: gateway-admin, match: {{ path_prefix: /gateway }}, upstream: admin, strip_prefix: true, openapi: /openapi.json }}
+  - name: gateway-admin
+    match: {{ path_prefix: /gateway }}
+    upstream: admin
+    strip_prefix: true
+    openapi: /openapi.json
+    auth: {{ mode: required, roles_any: [ admin ], login_redirect: true }}
   - {{ name: sso, match: {{ path_prefix: /sso }}, upstream: sso, openapi: /sso/openapi.json }}
   - name: api
     match: {{ path_prefix: /api }}

@@ -308,8 +308,10 @@ pub struct BrowserLogin {
     /// Scopes asked for. Defaults to `[openid]`.
     #[serde(default = "default_login_scopes")]
     pub scopes: Vec<String>,
-    /// The gateway's public URL (`https://api.example.com`), for the
-    /// redirect URI. Defaults to the scheme and `Host` of the request.
+    /// The gateway's public URL (`https://api.example.com`): the redirect
+    /// URI, the post-logout URI and the back-channel logout URI are under
+    /// it, and a logout must come from this origin. Required with `login`
+    /// (a request's `Host` never makes a URI sent to the provider).
     #[serde(default)]
     pub public_url: Option<String>,
     /// Where the browser starts a login (`?rd=/path` to come back to).
@@ -323,6 +325,15 @@ pub struct BrowserLogin {
     /// Ends the session (and the provider's). Defaults to `/_auth/logout`.
     #[serde(default = "default_logout_path")]
     pub logout_path: String,
+    /// Where the provider posts logout tokens (OpenID Connect Back-Channel
+    /// Logout; register `public_url` + this path as the client's
+    /// `backchannel_logout_uri`). Defaults to `/_auth/backchannel-logout`.
+    #[serde(default = "default_backchannel_logout_path")]
+    pub backchannel_logout_path: String,
+    /// Refresh the access token this long before it expires (at most half
+    /// its lifetime). Defaults to 30s.
+    #[serde(default = "default_refresh_before")]
+    pub refresh_before: Duration,
     /// Where the provider sends the browser after logout (a path of the
     /// gateway, registered at the provider). Defaults to none.
     #[serde(default)]
@@ -352,6 +363,16 @@ pub enum SessionStore {
     #[default]
     Memory,
     Redis,
+}
+
+fn default_backchannel_logout_path() -> String {
+    "/_auth/backchannel-logout".into()
+}
+
+/// Half a minute covers clock skew and a slow provider, and is short
+/// against the usual 5-minute access tokens.
+fn default_refresh_before() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
 }
 
 fn default_login_scopes() -> Vec<String> {

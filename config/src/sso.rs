@@ -49,9 +49,11 @@ pub struct SsoConfig {
     /// The Redis server when `store: redis`.
     #[serde(default)]
     pub redis: Option<SsoRedis>,
-    /// A rotated refresh token used again within this time (two tabs
-    /// refreshing at once) is honoured; later, reuse revokes the whole
-    /// grant. Defaults to 10s.
+    /// A rotated refresh token used again within this time (a client that
+    /// lost the answer, two tabs refreshing at once) gets the very answer
+    /// its first use got — the same access and refresh token, never a
+    /// second chain; later, reuse revokes the whole grant. `0s`: no grace,
+    /// every reuse revokes. Defaults to 10s.
     #[serde(default = "default_refresh_grace")]
     pub refresh_reuse_grace: Duration,
     /// Lifetime of an authorization code (at most 60s). Defaults to 60s.
@@ -291,7 +293,10 @@ pub struct Keys {
     /// Relative to the config file. Defaults to `keys`.
     #[serde(default = "default_keys_dir")]
     pub dir: String,
-    /// `ES256` (default), `RS256` or `EdDSA`.
+    /// The access tokens' algorithm: `ES256` (default), `RS256` or
+    /// `EdDSA`. ID tokens are signed as each client asks
+    /// (`id_token_signed_response_alg`, RS256 when it does not, as OpenID
+    /// Connect requires); a key is kept for every algorithm in use.
     #[serde(default)]
     pub algorithm: SigningAlgorithm,
     /// A new key signs after this long. Defaults to 30d.
@@ -451,6 +456,20 @@ pub struct Client {
     /// Where `/end_session` may send the browser afterwards (exact match).
     #[serde(default)]
     pub post_logout_redirect_uris: Vec<String>,
+    /// How the client's ID tokens are signed (`RS256`, `ES256`, `EdDSA`;
+    /// OpenID Connect Dynamic Client Registration's name). Defaults to
+    /// RS256, the algorithm every relying party supports.
+    #[serde(default)]
+    pub id_token_signed_response_alg: Option<SigningAlgorithm>,
+    /// Where the SSO posts a logout token when a session this client
+    /// signed in through ends (OpenID Connect Back-Channel Logout 1.0).
+    /// Defaults to none.
+    #[serde(default)]
+    pub backchannel_logout_uri: Option<String>,
+    /// The logout token names the SSO session (`sid`), which the client
+    /// needs to end just that session. Defaults to true.
+    #[serde(default = "default_true")]
+    pub backchannel_logout_session_required: bool,
     /// Overrides the type's default lifetimes.
     #[serde(default)]
     pub access_token_ttl: Option<Duration>,
@@ -573,6 +592,16 @@ impl Checker<'_> {
                     self.problem(
                         at.child_key("redirect_uris").child_index(j),
                         "must be an absolute URI without a fragment",
+                    );
+                }
+            }
+            if let Some(uri) = &client.backchannel_logout_uri {
+                // Back-Channel Logout 1.0 §2.2: absolute http(s), no fragment.
+                if uri.contains('#') || !(uri.starts_with("https://") || uri.starts_with("http://"))
+                {
+                    self.problem(
+                        at.child_key("backchannel_logout_uri"),
+                        "must be an absolute http(s) URI without a fragment",
                     );
                 }
             }

@@ -188,20 +188,28 @@ impl<'a> Checker<'a> {
                 ("login_path", &login.login_path),
                 ("callback_path", &login.callback_path),
                 ("logout_path", &login.logout_path),
+                ("backchannel_logout_path", &login.backchannel_logout_path),
             ] {
                 if !path.starts_with('/') {
                     self.problem(l_at.child_key(key), "must be a path starting with `/`");
                 }
             }
-            if let Some(url) = &login.public_url {
-                if !(url.starts_with("https://") || url.starts_with("http://"))
-                    || url.ends_with('/')
-                {
-                    self.problem(
-                        l_at.child_key("public_url"),
-                        "must be an http(s) URL without a trailing slash",
-                    );
+            match &login.public_url {
+                Some(url) => {
+                    let origin = url
+                        .strip_prefix("https://")
+                        .or_else(|| url.strip_prefix("http://"));
+                    if !origin.is_some_and(|host| !host.is_empty() && !host.contains('/')) {
+                        self.problem(
+                            l_at.child_key("public_url"),
+                            "must be an origin: `https://` or `http://`, a host, an optional port, no path or trailing slash",
+                        );
+                    }
                 }
+                None => self.problem(
+                    l_at.child_key("public_url"),
+                    "required: the redirect URI sent to the provider is built from it, never from a request's Host (`public_url: https://api.example.com`)",
+                ),
             }
         }
         let mut names = HashSet::new();

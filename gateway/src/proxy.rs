@@ -194,25 +194,72 @@ impl Gateway {
         login: &crate::login::Login,
         page: crate::login::Page,
     ) -> Result<bool> {
+        let form = if session.req_header().method == http::Method::POST {
+            match read_small_body(session, LOGIN_FORM_LIMIT).await {
+                Ok(form) => Some(form),
+                Err(e) => return self.reject(session, ctx, e).await,
+            }
+        } else {
+            None
+        };
         let req = session.req_header();
-        let answer = login
-            .handle(page, &req.uri, &req.headers, ctx.is_tls, &snapshot.auth)
-            .await;
-        match answer {
-            Ok(redirect) => self.write_redirect(session, ctx, redirect).await,
+        let request = crate::login::Request {
+            method: &req.method,
+            uri: &req.uri,
+            headers: &req.headers,
+            form: form.as_deref(),
+        };
+        match login.handle(page, &request, &snapshot.auth).await {
+            Ok(crate::login::Answer::Redirect { location, cookies }) => {
+                self.write_redirect(session, ctx, &location, &cookies).await
+            }
+            Ok(crate::login::Answer::Html { status, body }) => {
+                self.write_page(session, ctx, status, Some(body)).await
+            }
+            Ok(crate::login::Answer::Empty { status }) => {
+                self.write_page(session, ctx, status, None).await
+            }
             Err(e) => self.reject(session, ctx, e).await,
         }
+    }
+
+    /// A page of the gateway's own (HTML, or nothing), never cached and
+    /// never framed (clickjacking).
+    async fn write_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        html: Option<String>,
+    ) -> Result<bool> {
+        let body = html.map(bytes::Bytes::from).unwrap_or_default();
+        let mut header = ResponseHeader::build(status, Some(5))?;
+        if !body.is_empty() {
+            header.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+        }
+        header.insert_header(header::CACHE_CONTROL, "no-store")?;
+        header.insert_header("content-security-policy", "frame-ancestors 'none'")?;
+        header.insert_header(header::CONTENT_LENGTH, body.len())?;
+        header.insert_header(X_REQUEST_ID, ctx.request_id.clone())?;
+        session
+            .write_response_header(Box::new(header), body.is_empty())
+            .await?;
+        if !body.is_empty() {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
     }
 
     async fn write_redirect(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        redirect: crate::login::Redirect,
+        location: &str,
+        cookies: &[String],
     ) -> Result<bool> {
-        let mut header = ResponseHeader::build(302, Some(4 + redirect.cookies.len()))?;
-        header.insert_header(header::LOCATION, redirect.location.as_str())?;
-        for cookie in &redirect.cookies {
+        let mut header = ResponseHeader::build(302, Some(4 + cookies.len()))?;
+        header.insert_header(header::LOCATION, location)?;
+        for cookie in cookies {
             header.append_header(header::SET_COOKIE, cookie.as_str())?;
         }
         header.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -283,6 +330,30 @@ impl Gateway {
                 ErrorSource::Internal | ErrorSource::Unset => GatewayError::Internal,
             },
         })
+    }
+}
+
+/// Most bytes of a login form (the logout confirmation, a logout token).
+const LOGIN_FORM_LIMIT: usize = 16 * 1024;
+
+/// A small request body, whole: 413 beyond `limit`. The guard bounds the
+/// wait (`limits.body_timeout`, `limits.min_body_rate`).
+async fn read_small_body(
+    session: &mut Session,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, GatewayError> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(GatewayError::BodyTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => return Err(GatewayError::BadRequest),
+        }
     }
 }
 
@@ -455,7 +526,7 @@ impl ProxyHttp for Gateway {
             // A browser's session stands for its access token: checked on
             // every route exactly like a bearer token.
             if !req.headers.contains_key(header::AUTHORIZATION) {
-                if let Some(token) = login.session_token(&req.headers).await {
+                if let Some(token) = login.session_token(&req.headers, &snapshot.auth).await {
                     if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
                         session
                             .req_header_mut()
@@ -511,11 +582,8 @@ impl ProxyHttp for Gateway {
                                 .path_and_query()
                                 .map_or("/", |p| p.as_str())
                                 .to_owned();
-                            let redirect = crate::login::Redirect {
-                                location: login.login_location(&target),
-                                cookies: Vec::new(),
-                            };
-                            return self.write_redirect(session, ctx, redirect).await;
+                            let location = login.login_location(&target);
+                            return self.write_redirect(session, ctx, &location, &[]).await;
                         }
                         return self.reject_auth(session, ctx, AuthError::Missing).await;
                     }

@@ -66,13 +66,19 @@ pub struct CodeGrant {
     pub nonce: Option<String>,
     pub auth_time: u64,
     pub code_challenge: Option<String>,
+    /// The SSO session the code was issued in.
+    #[serde(default)]
+    pub sid: Option<String>,
 }
 
-/// A login session.
+/// A login session. `sid` is its public name (in ID and logout tokens);
+/// the cookie's secret id is never shown to clients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LoginSession {
     sub: String,
     auth_time: u64,
+    #[serde(default)]
+    sid: String,
 }
 
 impl Sso {
@@ -176,6 +182,7 @@ impl Sso {
             nonce: pending.nonce.clone(),
             auth_time: session.auth_time,
             code_challenge: pending.code_challenge.clone(),
+            sid: (!session.sid.is_empty()).then(|| session.sid.clone()),
         };
         let stored = self
             .store
@@ -187,6 +194,9 @@ impl Sso {
             .await;
         if stored.is_err() {
             return self.redirect_error(pending, "temporarily_unavailable", "try again");
+        }
+        if !session.sid.is_empty() {
+            self.remember_client(&session.sid, &pending.client_id).await;
         }
         audit(
             json!({ "event": "code_issued", "client_id": pending.client_id, "sub": session.sub }),
@@ -289,6 +299,7 @@ impl Sso {
         let session = LoginSession {
             sub: sub.to_owned(),
             auth_time: now_secs(),
+            sid: random_id(16),
         };
         let ttl = self.config.session.ttl.0;
         let stored = self
@@ -730,6 +741,13 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
         (None, _) => None,
     };
     let session = sso.session(&headers).await;
+    // A hint for another user than the signed-in one proves nothing about
+    // this session (RP-Initiated Logout §2): ask, as without a hint.
+    let hint = hint.filter(|claims| {
+        session
+            .as_ref()
+            .is_none_or(|s| claims["sub"].as_str() == Some(s.sub.as_str()))
+    });
     // Without a valid ID token hint anyone's page could sign the user out
     // (logout CSRF): ask first, with a form only this origin can submit.
     let confirmed = query
@@ -753,6 +771,9 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
     }
     if let Some(id) = cookie_value(&headers, &sso.config.session.cookie) {
         let _ = sso.store.delete(&format!("session:{}", digest(&id))).await;
+    }
+    if let Some(session) = session.as_ref().filter(|s| !s.sid.is_empty()) {
+        sso.end_session_everywhere(&session.sid, &session.sub).await;
     }
     audit(
         json!({ "event": "logout", "sub": session.as_ref().map(|s| s.sub.clone()),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use base64::Engine;
-use portcullis_config::sso::{Client, GrantType};
+use portcullis_config::sso::{Client, GrantType, SigningAlgorithm};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -48,6 +48,79 @@ struct RefreshRecord {
     auth_time: u64,
     /// Seconds since the epoch when the family's refresh lifetime ends.
     expires_at: u64,
+    /// The SSO session the grant began in: it ends with it (unless
+    /// `offline_access`).
+    #[serde(default)]
+    sid: Option<String>,
+}
+
+/// How long a reuse waits for the first use's answer.
+const SUCCESSOR_WAIT: Duration = Duration::from_secs(2);
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The answer to a refresh, kept for a retry within the grace, sealed
+/// (AES-256-GCM) with a key derived from the refresh token it answered:
+/// the store never holds a usable token, and only the holder of the old
+/// refresh token can open it.
+mod successor {
+    use base64::Engine;
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+    use serde_json::Value;
+
+    fn key(token: &str) -> Option<LessSafeKey> {
+        let mut input = b"portcullis-refresh-successor\0".to_vec();
+        input.extend_from_slice(token.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        UnboundKey::new(&AES_256_GCM, digest.as_ref())
+            .ok()
+            .map(LessSafeKey::new)
+    }
+
+    pub fn seal(token: &str, answer: &Value) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce[..]);
+        let mut data = answer.to_string().into_bytes();
+        let sealed = key(token).and_then(|k| {
+            k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut data)
+                .ok()
+        });
+        if sealed.is_none() {
+            return String::new();
+        }
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+    }
+
+    pub fn open(token: &str, sealed: &str) -> Option<Value> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sealed)
+            .ok()?;
+        let (nonce, data) = bytes.split_at_checked(NONCE_LEN)?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut data = data.to_vec();
+        let plain = key(token)?
+            .open_in_place(nonce, Aad::empty(), &mut data)
+            .ok()?;
+        serde_json::from_slice(plain).ok()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn only_the_old_token_opens_its_answer() {
+            let answer = serde_json::json!({ "access_token": "a", "refresh_token": "r" });
+            let sealed = super::seal("old-token", &answer);
+            assert_eq!(super::open("old-token", &sealed), Some(answer));
+            assert_eq!(super::open("another-token", &sealed), None);
+            assert_eq!(super::open("old-token", "AAAA"), None);
+        }
+    }
 }
 
 fn invalid_grant(description: &str) -> OAuthError {
@@ -235,6 +308,7 @@ impl Sso {
             scope: grant.scope.clone(),
             auth_time: grant.auth_time,
             expires_at: now_secs() + lifetimes.refresh_token_ttl.0.as_secs(),
+            sid: grant.sid.clone(),
         };
         self.issue_for_user(
             client,
@@ -308,6 +382,7 @@ impl Sso {
             scope: requested.to_owned(),
             auth_time: now_secs(),
             expires_at: now_secs() + lifetimes.refresh_token_ttl.0.as_secs(),
+            sid: None,
         };
         self.issue_for_user(client, &record, None, "password").await
     }
@@ -334,30 +409,26 @@ impl Sso {
         if self.family_revoked(&record.family).await? {
             return Err(invalid_grant("the grant was revoked"));
         }
-        // Rotation: the first use marks the token rotated (atomically);
-        // a later use within the grace is a concurrent refresh, after it
-        // a replay.
-        let now = now_secs();
-        let ttl = Duration::from_secs(record.expires_at.saturating_sub(now).max(1));
+        let offline = record.scope.split(' ').any(|s| s == "offline_access");
+        if let Some(sid) = record.sid.as_deref().filter(|_| !offline) {
+            if self.session_ended(sid).await {
+                return Err(invalid_grant("the session this grant began in has ended"));
+            }
+        }
+        // Rotation: the first use marks the token rotated (atomically) and
+        // leaves its answer, sealed with the token itself; a reuse within
+        // the grace gets that same answer (an idempotent retry: no second
+        // chain); later, or with no grace, reuse revokes the grant.
+        let now_ms = now_millis();
+        let ttl = Duration::from_secs(record.expires_at.saturating_sub(now_secs()).max(1));
+        let marker = format!("rotated:{key}");
         let first = self
             .store
-            .put_new(&format!("rotated:{key}"), &json!({ "at": now }), ttl)
+            .put_new(&marker, &json!({ "at_ms": now_ms }), ttl)
             .await
             .map_err(store_error)?;
         if !first {
-            let rotated_at = self
-                .store
-                .get(&format!("rotated:{key}"))
-                .await
-                .map_err(store_error)?
-                .and_then(|v| v["at"].as_u64())
-                .unwrap_or(0);
-            if now.saturating_sub(rotated_at) > self.config.refresh_reuse_grace.0.as_secs() {
-                self.revoke_family(&record.family, "refresh_reuse").await?;
-                return Err(invalid_grant(
-                    "the refresh token was already used; the grant is revoked",
-                ));
-            }
+            return self.reuse(token, &marker, &record).await;
         }
         let mut record = record;
         if let Some(scope) = request.scope.as_deref() {
@@ -374,8 +445,55 @@ impl Sso {
             }
             record.scope = scope.to_owned();
         }
-        self.issue_for_user(client, &record, None, "refresh_token")
+        let answer = self
+            .issue_for_user(client, &record, None, "refresh_token")
+            .await?;
+        let sealed = successor::seal(token, &answer);
+        self.store
+            .put(
+                &marker,
+                &json!({ "at_ms": now_ms, "successor": sealed }),
+                ttl,
+            )
             .await
+            .map_err(store_error)?;
+        Ok(answer)
+    }
+
+    /// A rotated refresh token came back.
+    async fn reuse(
+        &self,
+        token: &str,
+        marker: &str,
+        record: &RefreshRecord,
+    ) -> Result<Value, OAuthError> {
+        let grace_ms = self.config.refresh_reuse_grace.0.as_millis() as u64;
+        // The first use may still be issuing: its answer lands shortly.
+        let deadline = tokio::time::Instant::now() + SUCCESSOR_WAIT;
+        loop {
+            let rotation = self.store.get(marker).await.map_err(store_error)?;
+            let at_ms = rotation
+                .as_ref()
+                .and_then(|r| r["at_ms"].as_u64())
+                .unwrap_or(0);
+            if grace_ms == 0 || now_millis().saturating_sub(at_ms) > grace_ms {
+                self.revoke_family(&record.family, "refresh_reuse").await?;
+                return Err(invalid_grant(
+                    "the refresh token was already used; the grant is revoked",
+                ));
+            }
+            if let Some(sealed) = rotation.as_ref().and_then(|r| r["successor"].as_str()) {
+                let answer = successor::open(token, sealed)
+                    .ok_or_else(|| invalid_grant("the refresh token was already used"))?;
+                audit(json!({ "event": "refresh_retried", "family": record.family,
+                    "client_id": record.client_id, "sub": record.sub }));
+                return Ok(answer);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(invalid_grant("the refresh token was already used"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Access token, ID token (with `openid`) and a refresh token (when the
@@ -422,6 +540,7 @@ impl Sso {
         });
         let scopes: Vec<&str> = record.scope.split(' ').collect();
         if scopes.contains(&"openid") {
+            let id_algorithm = id_token_algorithm(client);
             let now = now_secs();
             let mut claims = json!({
                 "iss": self.config.issuer,
@@ -430,15 +549,18 @@ impl Sso {
                 "azp": client.client_id,
                 "exp": now + lifetimes.id_token_ttl.0.as_secs(),
                 "auth_time": record.auth_time,
-                "at_hash": oauth::at_hash(&access.token, access.algorithm),
+                "at_hash": oauth::at_hash(&access.token, oauth::hash_algorithm(id_algorithm)),
             });
             if let Some(nonce) = nonce {
                 claims["nonce"] = nonce.into();
             }
+            if let Some(sid) = &record.sid {
+                claims["sid"] = sid.clone().into();
+            }
             if let Some(user) = &user {
                 add_profile_claims(&mut claims, user, &scopes);
             }
-            body["id_token"] = oauth::sign_id_token(&self.keys, claims)?.into();
+            body["id_token"] = oauth::sign_id_token(&self.keys, id_algorithm, claims)?.into();
         }
         if client.grants().contains(&GrantType::RefreshToken) {
             let refresh = random_id(32);
@@ -469,14 +591,19 @@ impl Sso {
             .is_some())
     }
 
-    pub async fn revoke_family(&self, family: &str, reason: &str) -> Result<(), OAuthError> {
-        let longest = self
-            .config
+    /// How long any refresh token may live: how long a revocation must be
+    /// remembered.
+    pub fn longest_refresh_lifetime(&self) -> Duration {
+        self.config
             .clients
             .iter()
             .map(|c| c.lifetimes(&self.config.defaults).refresh_token_ttl.0)
             .max()
-            .unwrap_or(Duration::from_secs(30 * 24 * 3600));
+            .unwrap_or(Duration::from_secs(30 * 24 * 3600))
+    }
+
+    pub async fn revoke_family(&self, family: &str, reason: &str) -> Result<(), OAuthError> {
+        let longest = self.longest_refresh_lifetime();
         self.store
             .put(
                 &format!("revoked_family:{family}"),
@@ -488,6 +615,14 @@ impl Sso {
         audit(json!({ "event": "grant_revoked", "reason": reason, "family": family }));
         Ok(())
     }
+}
+
+/// A client's ID token algorithm: its choice, or RS256 (OpenID Connect
+/// Core §15.1: every relying party can verify it).
+pub fn id_token_algorithm(client: &Client) -> SigningAlgorithm {
+    client
+        .id_token_signed_response_alg
+        .unwrap_or(SigningAlgorithm::RS256)
 }
 
 pub fn audience(client: &Client) -> &[String] {

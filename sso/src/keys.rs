@@ -60,6 +60,7 @@ enum Signer {
 pub struct SigningKey {
     pub kid: String,
     pub algorithm: Algorithm,
+    pub family: SigningAlgorithm,
     pub signs_from: u64,
     signer: Signer,
     /// The public half, to verify our own tokens (userinfo, introspection).
@@ -93,9 +94,11 @@ impl SigningKey {
 }
 
 /// The rotation settings, in seconds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Schedule {
-    pub algorithm: SigningAlgorithm,
+    /// Every algorithm something is signed with (access tokens, each
+    /// client's ID tokens): each has its own key on the same schedule.
+    pub algorithms: Vec<SigningAlgorithm>,
     pub rotate_every: u64,
     pub publish_ahead: u64,
     /// How long a retired key stays published: the longest token lifetime.
@@ -144,15 +147,31 @@ impl KeyStore {
         Ok(store)
     }
 
-    /// The key that signs at `now`: the newest whose time has come.
-    pub fn signing_key(&self, now: u64) -> Option<Arc<SigningKey>> {
+    /// The key that signs with `algorithm` at `now`: the newest whose
+    /// time has come.
+    pub fn signing_key(&self, now: u64, algorithm: SigningAlgorithm) -> Option<Arc<SigningKey>> {
         let set = self.set();
-        set.keys
-            .iter()
+        let mut of_family = set.keys.iter().filter(|k| k.family == algorithm);
+        of_family
+            .clone()
             .rev()
             .find(|k| k.signs_from <= now)
-            .or_else(|| set.keys.first())
+            .or_else(|| of_family.next())
             .cloned()
+    }
+
+    /// The algorithms keys are kept for.
+    pub fn algorithms(&self) -> &[SigningAlgorithm] {
+        &self.schedule.algorithms
+    }
+
+    /// The access tokens' algorithm: the schedule's first.
+    pub fn access_algorithm(&self) -> SigningAlgorithm {
+        self.schedule
+            .algorithms
+            .first()
+            .copied()
+            .unwrap_or_default()
     }
 
     /// A published key by id (signing now, next, or retired but kept).
@@ -191,42 +210,64 @@ impl KeyStore {
     /// removes keys retired long enough. Several replicas sharing the
     /// directory converge: a file another replica wrote is simply loaded.
     pub fn rotate(&self, now: u64) -> Result<(), KeyError> {
-        let mut keys = self.load_all()?;
-        let s = self.schedule;
-        let newest_from = keys.last().map(|k| k.signs_from);
-        match newest_from {
-            None => keys.push(Arc::new(self.generate(now)?)),
-            Some(from) => {
-                let next_from = from.saturating_add(s.rotate_every);
-                if now + s.publish_ahead >= next_from {
-                    // Never schedule into the past: a replica down for a
-                    // while publishes ahead again before switching.
-                    let signs_from = next_from.max(now + s.publish_ahead);
-                    keys.push(Arc::new(self.generate(signs_from)?));
+        let loaded = self.load_all()?;
+        let s = &self.schedule;
+        let mut families: Vec<SigningAlgorithm> = s.algorithms.clone();
+        for key in &loaded {
+            if !families.contains(&key.family) {
+                families.push(key.family);
+            }
+        }
+        let mut kept = Vec::with_capacity(loaded.len() + families.len());
+        for family in families {
+            let mut keys: Vec<Arc<SigningKey>> = loaded
+                .iter()
+                .filter(|k| k.family == family)
+                .cloned()
+                .collect();
+            let wanted = s.algorithms.contains(&family);
+            if wanted {
+                match keys.last().map(|k| k.signs_from) {
+                    None => keys.push(Arc::new(self.generate(now, family)?)),
+                    Some(from) => {
+                        let next_from = from.saturating_add(s.rotate_every);
+                        if now + s.publish_ahead >= next_from {
+                            // Never schedule into the past: a replica down
+                            // for a while publishes ahead again before
+                            // switching.
+                            let signs_from = next_from.max(now + s.publish_ahead);
+                            keys.push(Arc::new(self.generate(signs_from, family)?));
+                        }
+                    }
+                }
+            }
+            // Ties (two replicas creating a first key at once) break by
+            // id, the same way in every replica.
+            keys.sort_by(|a, b| (a.signs_from, &a.kid).cmp(&(b.signs_from, &b.kid)));
+            // A key retires when its successor begins signing (or, for an
+            // algorithm no longer used, when it would have been rotated);
+            // it stays until the tokens it signed have expired.
+            for (i, key) in keys.iter().enumerate() {
+                let retired_at = match keys.get(i + 1) {
+                    Some(next) => Some(next.signs_from),
+                    None if !wanted => Some(key.signs_from.saturating_add(s.rotate_every)),
+                    None => None,
+                };
+                let expired = retired_at.is_some_and(|at| at <= now && now >= at + s.retain_for);
+                if expired {
+                    for ext in ["pem", "json"] {
+                        let _ = std::fs::remove_file(self.dir.join(format!("{}.{ext}", key.kid)));
+                    }
+                    log::info!(
+                        "signing key {} removed: every token it signed has expired",
+                        key.kid
+                    );
+                } else {
+                    kept.push(key.clone());
                 }
             }
         }
-        // Ties (two replicas creating a first key at once) break by id, the
-        // same way in every replica.
-        keys.sort_by(|a, b| (a.signs_from, &a.kid).cmp(&(b.signs_from, &b.kid)));
-        // A key retired when its successor began signing; it stays until
-        // the tokens it signed have expired.
-        let mut kept = Vec::with_capacity(keys.len());
-        for (i, key) in keys.iter().enumerate() {
-            let retired_at = keys.get(i + 1).map(|n| n.signs_from);
-            let expired = retired_at.is_some_and(|at| at <= now && now >= at + s.retain_for);
-            if expired {
-                for ext in ["pem", "json"] {
-                    let _ = std::fs::remove_file(self.dir.join(format!("{}.{ext}", key.kid)));
-                }
-                log::info!(
-                    "signing key {} removed: every token it signed has expired",
-                    key.kid
-                );
-            } else {
-                kept.push(key.clone());
-            }
-        }
+        kept.sort_by(|a, b| (a.signs_from, &a.kid).cmp(&(b.signs_from, &b.kid)));
         let jwks = json!({ "keys": kept.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(KeySet {
             keys: kept,
@@ -267,9 +308,9 @@ impl KeyStore {
         Ok(keys)
     }
 
-    fn generate(&self, signs_from: u64) -> Result<SigningKey, KeyError> {
+    fn generate(&self, signs_from: u64, family: SigningAlgorithm) -> Result<SigningKey, KeyError> {
         let rng = SystemRandom::new();
-        let (algorithm, der) = match self.schedule.algorithm {
+        let (algorithm, der) = match family {
             SigningAlgorithm::ES256 => (
                 "ES256",
                 EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
@@ -380,6 +421,7 @@ fn load_key(kid: &str, meta: &KeyMeta, pem: &str) -> Result<SigningKey, String> 
             Ok(SigningKey {
                 kid: kid.into(),
                 algorithm: Algorithm::ES256,
+                family: SigningAlgorithm::ES256,
                 signs_from: meta.signs_from,
                 decoding: DecodingKey::from_ec_components(&x, &y).map_err(|e| e.to_string())?,
                 jwk: json!({ "kty": "EC", "crv": "P-256", "x": x, "y": y,
@@ -398,6 +440,7 @@ fn load_key(kid: &str, meta: &KeyMeta, pem: &str) -> Result<SigningKey, String> 
             Ok(SigningKey {
                 kid: kid.into(),
                 algorithm: Algorithm::RS256,
+                family: SigningAlgorithm::RS256,
                 signs_from: meta.signs_from,
                 decoding: DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?,
                 jwk: json!({ "kty": "RSA", "n": n, "e": e,
@@ -412,6 +455,7 @@ fn load_key(kid: &str, meta: &KeyMeta, pem: &str) -> Result<SigningKey, String> 
             Ok(SigningKey {
                 kid: kid.into(),
                 algorithm: Algorithm::EdDSA,
+                family: SigningAlgorithm::EdDSA,
                 signs_from: meta.signs_from,
                 decoding: DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?,
                 jwk: json!({ "kty": "OKP", "crv": "Ed25519", "x": x,
@@ -429,7 +473,7 @@ mod tests {
 
     fn schedule() -> Schedule {
         Schedule {
-            algorithm: SigningAlgorithm::ES256,
+            algorithms: vec![SigningAlgorithm::ES256],
             rotate_every: 100,
             publish_ahead: 10,
             retain_for: 30,
@@ -440,8 +484,15 @@ mod tests {
     fn next_key_is_published_before_it_signs_and_retired_after_its_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path(), schedule()).unwrap();
-        let t0 = store.signing_key(now_secs()).unwrap().signs_from;
-        let first = store.signing_key(t0).unwrap().kid.clone();
+        let t0 = store
+            .signing_key(now_secs(), SigningAlgorithm::ES256)
+            .unwrap()
+            .signs_from;
+        let first = store
+            .signing_key(t0, SigningAlgorithm::ES256)
+            .unwrap()
+            .kid
+            .clone();
         assert_eq!(store.jwks()["keys"].as_array().unwrap().len(), 1);
 
         // 89 s later: not due yet. 90 s: the next key is published, not signing.
@@ -449,8 +500,18 @@ mod tests {
         assert_eq!(store.jwks()["keys"].as_array().unwrap().len(), 1);
         store.rotate(t0 + 90).unwrap();
         assert_eq!(store.jwks()["keys"].as_array().unwrap().len(), 2);
-        assert_eq!(store.signing_key(t0 + 99).unwrap().kid, first);
-        let second = store.signing_key(t0 + 100).unwrap().kid.clone();
+        assert_eq!(
+            store
+                .signing_key(t0 + 99, SigningAlgorithm::ES256)
+                .unwrap()
+                .kid,
+            first
+        );
+        let second = store
+            .signing_key(t0 + 100, SigningAlgorithm::ES256)
+            .unwrap()
+            .kid
+            .clone();
         assert_ne!(second, first);
 
         // The first key stays published until its last token expired.
@@ -470,7 +531,13 @@ mod tests {
 
         // Another process on the same directory loads the same keys.
         let again = KeyStore::open(dir.path(), schedule()).unwrap();
-        assert_eq!(again.signing_key(t0 + 130).unwrap().kid, second);
+        assert_eq!(
+            again
+                .signing_key(t0 + 130, SigningAlgorithm::ES256)
+                .unwrap()
+                .kid,
+            second
+        );
     }
 
     #[test]
@@ -484,7 +551,7 @@ mod tests {
             let store = KeyStore::open(
                 dir.path(),
                 Schedule {
-                    algorithm,
+                    algorithms: vec![algorithm],
                     ..schedule()
                 },
             )
@@ -526,7 +593,7 @@ mod tests {
             let again = KeyStore::open(
                 dir.path(),
                 Schedule {
-                    algorithm,
+                    algorithms: vec![algorithm],
                     ..schedule()
                 },
             )
@@ -540,7 +607,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path(), schedule()).unwrap();
-        let kid = store.signing_key(now_secs()).unwrap().kid.clone();
+        let kid = store
+            .signing_key(now_secs(), SigningAlgorithm::ES256)
+            .unwrap()
+            .kid
+            .clone();
         let mode = std::fs::metadata(dir.path().join(format!("{kid}.pem")))
             .unwrap()
             .permissions()

@@ -9,11 +9,13 @@
 //! - `grants`: the token endpoint (code + PKCE, refresh with rotation and
 //!   reuse detection, client credentials);
 //! - `introspect`: userinfo, introspection, revocation;
+//! - `backchannel`: logout tokens to clients when a session ends;
 //! - `store`: codes, sessions, refresh tokens in memory or Redis.
 //!
 //! Every endpoint sits under the issuer's path.
 
 mod api_doc;
+mod backchannel;
 mod clients;
 mod flow;
 mod grants;
@@ -70,6 +72,8 @@ struct Sso {
     templates: minijinja::Environment<'static>,
     /// The issuer's path: every endpoint is under it.
     base_path: String,
+    /// For back-channel logout: no redirects, no proxy, bounded.
+    http: reqwest::Client,
 }
 
 type Shared = Arc<Sso>;
@@ -86,7 +90,7 @@ pub fn run(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
 async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
     let keys_dir: PathBuf = portcullis_config::resolve_path(source, &config.keys.dir);
     let schedule = Schedule {
-        algorithm: config.keys.algorithm,
+        algorithms: signing_algorithms(&config),
         rotate_every: config.keys.rotate_every.0.as_secs(),
         publish_ahead: config.keys.publish_ahead.0.as_secs(),
         retain_for: longest_token_lifetime(&config),
@@ -111,6 +115,12 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
         },
         templates: templates()?,
         base_path: issuer_path(&config.issuer),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| SsoError::Store(format!("HTTP client: {e}")))?,
         keys,
         config,
     });
@@ -194,6 +204,20 @@ async fn serve_connections(
     {
         log::warn!("portcullis sso: requests still open after {DRAIN_TIMEOUT:?}; exiting");
     }
+}
+
+/// The access tokens' algorithm first, then RS256 (OpenID Connect's
+/// default for ID tokens), then whatever a client chose.
+fn signing_algorithms(config: &SsoConfig) -> Vec<portcullis_config::sso::SigningAlgorithm> {
+    let mut algorithms = vec![config.keys.algorithm];
+    let chosen = config.clients.iter().map(grants::id_token_algorithm);
+    for algorithm in std::iter::once(portcullis_config::sso::SigningAlgorithm::RS256).chain(chosen)
+    {
+        if !algorithms.contains(&algorithm) {
+            algorithms.push(algorithm);
+        }
+    }
+    algorithms
 }
 
 /// Signed tokens live at most this long: how long a retired key stays in JWKS.
@@ -331,11 +355,17 @@ async fn discovery(State(sso): State<Shared>) -> Response {
     }) {
         grant_types.push("password");
     }
-    let algorithm = match sso.config.keys.algorithm {
-        portcullis_config::sso::SigningAlgorithm::ES256 => "ES256",
-        portcullis_config::sso::SigningAlgorithm::RS256 => "RS256",
-        portcullis_config::sso::SigningAlgorithm::EdDSA => "EdDSA",
-    };
+    // Every algorithm a key is kept for can sign a client's ID tokens.
+    let algorithms: Vec<&str> = sso
+        .keys
+        .algorithms()
+        .iter()
+        .map(|a| match a {
+            portcullis_config::sso::SigningAlgorithm::ES256 => "ES256",
+            portcullis_config::sso::SigningAlgorithm::RS256 => "RS256",
+            portcullis_config::sso::SigningAlgorithm::EdDSA => "EdDSA",
+        })
+        .collect();
     Json(json!({
         "issuer": sso.config.issuer,
         "authorization_endpoint": sso.endpoint("/authorize"),
@@ -354,11 +384,13 @@ async fn discovery(State(sso): State<Shared>) -> Response {
         "token_endpoint_auth_signing_alg_values_supported": ["RS256", "PS256", "ES256", "EdDSA"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
-        "id_token_signing_alg_values_supported": [algorithm],
+        "id_token_signing_alg_values_supported": algorithms,
         "subject_types_supported": ["public"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
-            "preferred_username", "name", "email", "email_verified", "roles", "groups"],
+            "sid", "preferred_username", "name", "email", "email_verified", "roles", "groups"],
         "authorization_response_iss_parameter_supported": true,
+        "backchannel_logout_supported": true,
+        "backchannel_logout_session_supported": true,
     }))
     .into_response()
 }

@@ -7,6 +7,8 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde_json::{json, Value};
 
+use portcullis_config::sso::SigningAlgorithm;
+
 use crate::keys::{now_secs, KeyStore};
 
 /// An OAuth error: status, `error` code and a description that never
@@ -51,10 +53,12 @@ impl IntoResponse for OAuthError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"portcullis-sso\""),
-            );
+            // RFC 6749 §5.2 with the RFC 6750 §3 parameters: the error code
+            // in the challenge too, for clients that read only the header.
+            let challenge = format!("Basic realm=\"portcullis-sso\", error=\"{}\"", self.code);
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
         }
         response
     }
@@ -93,7 +97,7 @@ pub fn sign_access_token(
 ) -> Result<SignedAccess, OAuthError> {
     let now = now_secs();
     let key = keys
-        .signing_key(now)
+        .signing_key(now, keys.access_algorithm())
         .ok_or_else(|| OAuthError::server_error("no signing key"))?;
     let mut header = Header::new(key.algorithm);
     header.typ = Some("at+jwt".into());
@@ -131,16 +135,45 @@ pub fn sign_access_token(
     })
 }
 
-/// Signs an ID token (OIDC Core §2) with `extra` claims (profile, email).
-pub fn sign_id_token(keys: &KeyStore, mut claims: Value) -> Result<String, OAuthError> {
+/// Signs an ID token (OIDC Core §2) with `algorithm`.
+pub fn sign_id_token(
+    keys: &KeyStore,
+    algorithm: SigningAlgorithm,
+    mut claims: Value,
+) -> Result<String, OAuthError> {
     let now = now_secs();
     let key = keys
-        .signing_key(now)
+        .signing_key(now, algorithm)
         .ok_or_else(|| OAuthError::server_error("no signing key"))?;
     let mut header = Header::new(key.algorithm);
     header.kid = Some(key.kid.clone());
     claims["iat"] = now.into();
     encode_jws(&key, &header, &claims)
+}
+
+/// Signs a JWT of another type (`typ`: `logout+jwt`) with `algorithm`.
+pub fn sign_typed(
+    keys: &KeyStore,
+    algorithm: SigningAlgorithm,
+    typ: &str,
+    claims: &Value,
+) -> Result<String, OAuthError> {
+    let key = keys
+        .signing_key(now_secs(), algorithm)
+        .ok_or_else(|| OAuthError::server_error("no signing key"))?;
+    let mut header = Header::new(key.algorithm);
+    header.kid = Some(key.kid.clone());
+    header.typ = Some(typ.into());
+    encode_jws(&key, &header, claims)
+}
+
+/// The hash `at_hash` uses for tokens signed with `algorithm`.
+pub fn hash_algorithm(algorithm: SigningAlgorithm) -> Algorithm {
+    match algorithm {
+        SigningAlgorithm::ES256 => Algorithm::ES256,
+        SigningAlgorithm::RS256 => Algorithm::RS256,
+        SigningAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
 }
 
 /// A compact JWS: `b64(header).b64(claims).b64(signature)`.

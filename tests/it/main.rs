@@ -15,6 +15,7 @@ mod portal;
 mod protocols;
 mod ratelimit;
 mod routing;
+mod signin;
 mod soak;
 mod sso;
 mod support;

@@ -131,6 +131,7 @@ identity:
     client_id: gateway
     client_secret: gateway-secret
     scopes: [openid, profile]
+    public_url: 'http://127.0.0.1:{gw_port}'
     secure_cookies: false
 upstreams:
   app: {{ targets: ['{app}'] }}

@@ -52,7 +52,7 @@ impl SsoProcess {
         format!("http://127.0.0.1:{}/sso", self.port)
     }
 
-    fn log(&self, dir: &Path) -> String {
+    pub(crate) fn log(&self, dir: &Path) -> String {
         std::fs::read_to_string(dir.join(format!("sso-{}.log", self.port))).unwrap_or_default()
     }
 
@@ -68,7 +68,7 @@ impl Drop for SsoProcess {
     }
 }
 
-fn hash(secret: &str) -> String {
+pub(crate) fn hash(secret: &str) -> String {
     use std::io::Write;
     let mut child = Command::new(BIN)
         .args(["sso", "hash-password"])
@@ -87,7 +87,7 @@ fn hash(secret: &str) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
-fn config() -> String {
+pub(crate) fn config() -> String {
     format!(
         "issuer: http://127.0.0.1:{{PORT}}/sso
 listen: 127.0.0.1:{{PORT}}
@@ -112,6 +112,12 @@ clients:
     type: public
     redirect_uris: ['http://127.0.0.1:1/callback']
     post_logout_redirect_uris: ['http://127.0.0.1:1/logged-out']
+  - client_id: web-ui-es
+    name: Web UI (ES256)
+    type: public
+    first_party: true
+    id_token_signed_response_alg: ES256
+    redirect_uris: ['http://127.0.0.1:1/callback']
 ",
         hash("billing-secret"),
         hash("reports-secret"),
@@ -176,10 +182,9 @@ async fn verify_for(
         .iter()
         .find(|k| k["kid"] == kid.as_str())
         .expect("the token's key is in JWKS");
-    let key =
-        DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
-            .unwrap();
-    let mut validation = Validation::new(Algorithm::ES256);
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).unwrap();
+    let key = DecodingKey::from_jwk(&jwk).unwrap();
+    let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[sso.issuer()]);
     validation.set_audience(&[audience]);
     let data = jsonwebtoken::decode::<Value>(token, &key, &validation).unwrap();
@@ -197,6 +202,14 @@ async fn client_credentials_tokens_with_per_client_lifetimes() {
     assert_eq!(discovery["issuer"], sso.issuer());
     assert_eq!(discovery["jwks_uri"], sso.url("/jwks"));
     assert_eq!(discovery["token_endpoint"], sso.url("/token"));
+    // OpenID Connect Core §15.1: RS256 for ID tokens; ES256 is the access
+    // tokens' algorithm here, and available to clients that choose it.
+    assert_eq!(
+        discovery["id_token_signing_alg_values_supported"],
+        json!(["ES256", "RS256"])
+    );
+    assert_eq!(discovery["backchannel_logout_supported"], true);
+    assert_eq!(discovery["backchannel_logout_session_supported"], true);
     let closed = client().get(sso.url("/register")).send().await.unwrap();
     assert_eq!(closed.status(), 404, "registration is closed by default");
 
@@ -315,7 +328,11 @@ async fn client_credentials_tokens_with_per_client_lifetimes() {
             "case {i}: {body}"
         );
         if status == 401 {
-            assert!(headers.contains_key("www-authenticate"), "case {i}");
+            let challenge = headers["www-authenticate"].to_str().unwrap();
+            assert!(
+                challenge.starts_with("Basic ") && challenge.contains("error=\"invalid_client\""),
+                "case {i}: {challenge}"
+            );
         }
         assert!(
             !body.to_string().contains("secret\""),
@@ -378,8 +395,22 @@ routes:
     drop(sso);
     let sso = SsoProcess::start(dir.path(), &config(), port).await;
     let jwks: Value = get_json(&sso.url("/jwks")).await;
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 1);
-    assert_eq!(jwks["keys"][0]["kid"].as_str(), kid_before.as_deref());
+    // One key per algorithm: ES256 for access tokens, RS256 for ID tokens.
+    let mut algs: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["alg"].as_str().unwrap())
+        .collect();
+    algs.sort_unstable();
+    assert_eq!(algs, ["ES256", "RS256"]);
+    let es = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["alg"] == "ES256")
+        .unwrap();
+    assert_eq!(es["kid"].as_str(), kid_before.as_deref());
     verify(&sso, &billing_token).await;
     assert!(
         !jwks.to_string().contains("\"d\""),
@@ -477,7 +508,7 @@ impl Default for Browser {
 }
 
 impl Browser {
-    fn http() -> reqwest::Client {
+    pub(crate) fn http() -> reqwest::Client {
         Self::builder().build().unwrap()
     }
 
@@ -531,7 +562,7 @@ impl Browser {
         response
     }
 
-    async fn get(&self, url: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, url: &str) -> reqwest::Response {
         let response = self
             .http
             .get(url)
@@ -543,7 +574,7 @@ impl Browser {
         response
     }
 
-    async fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let response = self
             .http
             .post(url)
@@ -557,7 +588,7 @@ impl Browser {
     }
 }
 
-fn hidden(html: &str, name: &str) -> String {
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
         .find(&marker)
@@ -568,7 +599,7 @@ fn hidden(html: &str, name: &str) -> String {
 
 const CALLBACK: &str = "http://127.0.0.1:1/callback";
 
-fn pkce() -> (String, String) {
+pub(crate) fn pkce() -> (String, String) {
     use base64::Engine;
     let verifier = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand_bytes());
     let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
@@ -582,14 +613,14 @@ fn rand_bytes() -> [u8; 32] {
     bytes
 }
 
-fn authorize_url(base: &str, challenge: &str) -> String {
+pub(crate) fn authorize_url(base: &str, challenge: &str) -> String {
     format!(
         "{base}/authorize?response_type=code&client_id=web-ui&scope=openid%20profile&state=st&redirect_uri={}&code_challenge={challenge}&code_challenge_method=S256",
         CALLBACK.replace(':', "%3A").replace('/', "%2F")
     )
 }
 
-fn code_from(response: &reqwest::Response) -> String {
+pub(crate) fn code_from(response: &reqwest::Response) -> String {
     assert_eq!(response.status(), 303);
     let location = response.headers()["location"].to_str().unwrap();
     assert!(location.starts_with(CALLBACK), "{location}");
@@ -601,7 +632,7 @@ fn code_from(response: &reqwest::Response) -> String {
 }
 
 /// The login form's answer to one attempt.
-async fn try_login(
+pub(crate) async fn try_login(
     browser: &Browser,
     base: &str,
     username: &str,
@@ -624,7 +655,7 @@ async fn try_login(
         .await
 }
 
-async fn redeem(base: &str, code: &str, verifier: &str) -> (u16, Value) {
+pub(crate) async fn redeem(base: &str, code: &str, verifier: &str) -> (u16, Value) {
     let response = client()
         .post(format!("{base}/token"))
         .form(&[
@@ -909,10 +940,11 @@ routes:
         .await
         .expect("code exchange");
 
-    // The ID token: signature (ES256, via JWKS), iss, aud, nonce, at_hash.
+    // The ID token: signature (RS256, the default for a client that does
+    // not choose, via JWKS), iss, aud, nonce, at_hash.
     let verifier = oidc
         .id_token_verifier()
-        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+        .set_allowed_algs(vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256]);
     let id_token = tokens.id_token().expect("id token");
     let claims = id_token.claims(&verifier, &nonce).expect("valid ID token");
     assert_eq!(claims.subject().as_str(), "alice");
@@ -1049,11 +1081,14 @@ clients:
             std::time::Instant::now() + Duration::from_secs(max_age),
         )
     };
+    // The access tokens' keys (ES256; RS256 keys for ID tokens rotate
+    // beside them on the same schedule).
     let kids = |jwks: &Value| -> Vec<String> {
         jwks["keys"]
             .as_array()
             .unwrap()
             .iter()
+            .filter(|k| k["alg"] == "ES256")
             .map(|k| k["kid"].as_str().unwrap().to_owned())
             .collect()
     };
@@ -1111,7 +1146,7 @@ clients:
     assert!(checks > 30);
 }
 
-async fn register(
+pub(crate) async fn register(
     browser: &Browser,
     base: &str,
     request: &str,
@@ -1470,7 +1505,7 @@ async fn slow_clients_are_cut_off_and_sigterm_exits() {
 }
 
 /// The user allows the consent page `html`.
-async fn allow_consent(browser: &Browser, base: &str, html: &str) -> reqwest::Response {
+pub(crate) async fn allow_consent(browser: &Browser, base: &str, html: &str) -> reqwest::Response {
     browser
         .post(
             &format!("{base}/consent"),
@@ -1484,7 +1519,7 @@ async fn allow_consent(browser: &Browser, base: &str, html: &str) -> reqwest::Re
 }
 
 /// Whether the browser's session answers an authorization at once.
-async fn signed_in(browser: &Browser, base: &str) -> bool {
+pub(crate) async fn signed_in(browser: &Browser, base: &str) -> bool {
     let (_, challenge) = pkce();
     browser.get(&authorize_url(base, &challenge)).await.status() == 303
 }
@@ -1544,6 +1579,19 @@ pub(crate) async fn sso_with_gateway_client(
     sso_port: u16,
     gateway_ports: &[u16],
 ) -> SsoProcess {
+    sso_with_gateway_client_and(dir, sso_port, gateway_ports, "", "").await
+}
+
+/// The same, with more keys for the `gateway` client (`client_extra`, each
+/// line indented four spaces) and for the SSO (`sso_extra`, top level).
+/// The client's back-channel logout URI is the first gateway's.
+pub(crate) async fn sso_with_gateway_client_and(
+    dir: &Path,
+    sso_port: u16,
+    gateway_ports: &[u16],
+    client_extra: &str,
+    sso_extra: &str,
+) -> SsoProcess {
     let redirects: Vec<String> = gateway_ports
         .iter()
         .map(|p| format!("'http://127.0.0.1:{p}/_auth/callback'"))
@@ -1562,16 +1610,19 @@ pub(crate) async fn sso_with_gateway_client(
     redirect_uris: [{}]
     post_logout_redirect_uris: [{}]
     audience: [api]
-",
+    backchannel_logout_uri: 'http://127.0.0.1:{}/_auth/backchannel-logout'
+{client_extra}",
             hash("gateway-secret"),
             redirects.join(", "),
-            logouts.join(", ")
+            logouts.join(", "),
+            gateway_ports[0],
         );
+    let config = format!("{sso_extra}{config}");
     SsoProcess::start(dir, &config, sso_port).await
 }
 
 /// A backend publishing one operation, `GET /items`.
-async fn app_backend() -> Backend {
+pub(crate) async fn app_backend() -> Backend {
     let backend = Backend::start("app").await;
     *backend.openapi.lock().unwrap() = Some(
         json!({"openapi": "3.0.3", "info": {"title": "app", "version": "1"},
@@ -1584,7 +1635,12 @@ async fn app_backend() -> Backend {
 /// A gateway on `port` signing browsers in at `sso`; `/app` needs role
 /// `admin` and sends browsers to sign in. `login_extra` adds keys to
 /// `identity.login`; `rest` adds top-level sections.
-fn login_gateway_config(port: u16, sso: &SsoProcess, backend: &Backend, rest: &str) -> String {
+pub(crate) fn login_gateway_config(
+    port: u16,
+    sso: &SsoProcess,
+    backend: &Backend,
+    rest: &str,
+) -> String {
     let (login_extra, rest) = rest.split_once("||").unwrap_or(("", rest));
     format!(
         "listeners: [ {{ name: plain, address: '127.0.0.1:{port}' }} ]
@@ -1597,6 +1653,7 @@ identity:
     client_id: gateway
     client_secret: gateway-secret
     scopes: [openid, profile]
+    public_url: 'http://127.0.0.1:{port}'
     post_logout_path: /bye
     secure_cookies: false
 {login_extra}portal: {{ enabled: true, refresh_interval: 500ms }}
@@ -1613,7 +1670,11 @@ routes:
 }
 
 /// Alice submits the SSO's login form `form`.
-async fn alice_signs_in(browser: &Browser, sso: &SsoProcess, form: &str) -> reqwest::Response {
+pub(crate) async fn alice_signs_in(
+    browser: &Browser,
+    sso: &SsoProcess,
+    form: &str,
+) -> reqwest::Response {
     browser
         .post(
             &sso.url("/login"),
@@ -1639,6 +1700,19 @@ pub(crate) async fn sign_in_at_sso(browser: &Browser, gw: &str, sso: &SsoProcess
     let back = alice_signs_in(browser, sso, &form).await;
     assert_eq!(back.status(), 303);
     back.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// The user's logout at gateway `gw`: the confirmation page, then its form.
+pub(crate) async fn sign_out_at_gateway(browser: &Browser, gw: &str) -> reqwest::Response {
+    let page = browser.navigate(&format!("{gw}/_auth/logout")).await;
+    assert_eq!(page.status(), 200, "a confirmation page");
+    let html = page.text().await.unwrap();
+    browser
+        .post(
+            &format!("{gw}/_auth/logout"),
+            &[("csrf", &hidden(&html, "csrf"))],
+        )
+        .await
 }
 
 /// Sessions in Redis: a login begun on one gateway finishes on another,
@@ -1671,8 +1745,9 @@ async fn gateway_sessions_in_redis_work_on_every_replica() {
         let echo: Value = page.json().await.unwrap();
         assert_eq!(echo["headers"]["x-user-id"], "alice");
     }
-    // Logout on B ends the session for A too.
-    let out = browser.navigate(&format!("{b}/_auth/logout")).await;
+    // Logout on B ends the session for A too (signin.rs replays the old
+    // cookie on both).
+    let out = sign_out_at_gateway(&browser, &b).await;
     assert_eq!(out.status(), 302);
     let again = browser.navigate(&format!("{a}/app/items")).await;
     assert_eq!(again.status(), 302, "signed out on every replica");
@@ -1794,7 +1869,7 @@ async fn gateway_browser_login_with_the_sso() {
     assert!(!listed(&anonymous), "anonymous callers do not");
 
     // Logout ends the gateway's session and the SSO's.
-    let out = browser.navigate(&format!("{gw}/_auth/logout")).await;
+    let out = sign_out_at_gateway(&browser, &gw).await;
     assert_eq!(out.status(), 302);
     let end_session = out.headers()["location"].to_str().unwrap().to_owned();
     assert!(

@@ -126,8 +126,12 @@ async function codeFlow(config, browser, { verifierOverride } = {}) {
 
 // --- the public UI client -------------------------------------------------
 step("discovery");
-const ui = await client.discovery(issuer, "web-ui", es256, client.None(), insecure);
+// web-ui does not choose an ID token algorithm: openid-client then expects
+// RS256 (OpenID Connect's default), and the SSO must sign with it.
+const ui = await client.discovery(issuer, "web-ui", {}, client.None(), insecure);
 assert.equal(ui.serverMetadata().issuer, issuer.href.replace(/\/$/, ""));
+assert.ok(ui.serverMetadata().id_token_signing_alg_values_supported.includes("RS256"));
+const uiEs = await client.discovery(issuer, "web-ui-es", es256, client.None(), insecure);
 const service = await client.discovery(
   issuer, "billing", es256, client.ClientSecretBasic("billing-secret"), insecure);
 
@@ -136,6 +140,7 @@ const browser = new Browser();
 const first = await codeFlow(ui, browser);
 const tokens = await first.tokens();
 const claims = tokens.claims();
+assert.equal(JSON.parse(Buffer.from(tokens.id_token.split(".")[0], "base64url")).alg, "RS256");
 assert.equal(claims.sub, "alice");
 assert.equal(claims.nonce, first.nonce);
 assert.equal(claims.email, "alice@example.com");
@@ -144,6 +149,15 @@ assert.ok(tokens.refresh_token, "a refresh token");
 const access = decode(tokens.access_token);
 assert.equal(access.exp - access.iat, 300, "the UI client's 5 min access tokens");
 assert.deepEqual(access.roles, ["admin", "staff"]);
+
+step("code + PKCE for a client that chose ES256 ID tokens");
+{
+  const flow = await codeFlow(uiEs, browser);
+  const esTokens = await flow.tokens();
+  assert.equal(JSON.parse(Buffer.from(esTokens.id_token.split(".")[0], "base64url")).alg, "ES256");
+  assert.equal(esTokens.claims().sub, "alice");
+  assert.equal(esTokens.claims().nonce, flow.nonce);
+}
 
 step("userinfo");
 const info = await client.fetchUserInfo(ui, tokens.access_token, "alice");

@@ -1,0 +1,137 @@
+//! OpenID Connect Back-Channel Logout 1.0, the provider's side: when an
+//! SSO session ends, every client that signed in through it and registered
+//! a `backchannel_logout_uri` gets a signed logout token naming the
+//! session (`sid`) and the user (`sub`), and refresh tokens issued in the
+//! session stop working (except `offline_access` grants, which outlive the
+//! session by design).
+//!
+//! The clients of a session are remembered when a code is issued
+//! (`session_clients:<sid>`); sending happens in the background, in
+//! parallel, each with a timeout, so a slow client never delays the
+//! user's logout.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::keys::now_secs;
+use crate::oauth::{random_id, sign_typed};
+use crate::store::digest;
+use crate::{audit, Sso};
+
+/// The event a logout token carries (§2.4).
+const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// A logout token is good for this long (it is sent at once).
+const TOKEN_TTL: u64 = 120;
+/// How long a client may take to answer.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most clients remembered per session.
+const MAX_CLIENTS: usize = 64;
+
+impl Sso {
+    fn session_clients_key(sid: &str) -> String {
+        format!("session_clients:{}", digest(sid))
+    }
+
+    /// Remembers that `client_id` signed in through session `sid`.
+    pub(crate) async fn remember_client(&self, sid: &str, client_id: &str) {
+        let key = Self::session_clients_key(sid);
+        let mut clients: Vec<String> = match self.store.get(&key).await {
+            Ok(Some(Value::Array(items))) => items
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if clients.iter().any(|c| c == client_id) || clients.len() >= MAX_CLIENTS {
+            return;
+        }
+        clients.push(client_id.to_owned());
+        let _ = self
+            .store
+            .put(&key, &json!(clients), self.config.session.ttl.0)
+            .await;
+    }
+
+    /// Whether refresh tokens of session `sid` are dead (it ended).
+    pub(crate) async fn session_ended(&self, sid: &str) -> bool {
+        matches!(
+            self.store
+                .get(&format!("ended_session:{}", digest(sid)))
+                .await,
+            Ok(Some(_))
+        )
+    }
+
+    /// The session `sid` of user `sub` has ended: its refresh tokens stop
+    /// working, its clients are told.
+    pub(crate) async fn end_session_everywhere(self: &std::sync::Arc<Self>, sid: &str, sub: &str) {
+        let longest = self.longest_refresh_lifetime();
+        let _ = self
+            .store
+            .put(
+                &format!("ended_session:{}", digest(sid)),
+                &json!({ "at": now_secs() }),
+                longest,
+            )
+            .await;
+        let clients = match self.store.take(&Self::session_clients_key(sid)).await {
+            Ok(Some(Value::Array(items))) => items,
+            _ => return,
+        };
+        let targets: Vec<(String, String, String)> = clients
+            .iter()
+            .filter_map(|id| self.clients.get(id.as_str()?))
+            .filter_map(|client| {
+                let uri = client.backchannel_logout_uri.clone()?;
+                let token = self.logout_token(&client, sid, sub)?;
+                Some((client.client_id.clone(), uri, token))
+            })
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        for (client_id, uri, token) in targets {
+            let http = self.http.clone();
+            tokio::spawn(async move {
+                let sent = http
+                    .post(&uri)
+                    .timeout(SEND_TIMEOUT)
+                    .form(&[("logout_token", token.as_str())])
+                    .send()
+                    .await;
+                let status = sent.map_or(0, |r| r.status().as_u16());
+                audit(
+                    json!({ "event": "backchannel_logout", "client_id": client_id,
+                    "status": status, "delivered": status == 200 }),
+                );
+            });
+        }
+    }
+
+    /// A logout token for one client (§2.4), signed as its ID tokens are.
+    fn logout_token(
+        &self,
+        client: &portcullis_config::sso::Client,
+        sid: &str,
+        sub: &str,
+    ) -> Option<String> {
+        let now = now_secs();
+        let mut claims = json!({
+            "iss": self.config.issuer,
+            "aud": client.client_id,
+            "iat": now,
+            "exp": now + TOKEN_TTL,
+            "jti": random_id(16),
+            "sub": sub,
+            "events": { EVENT: {} },
+        });
+        if client.backchannel_logout_session_required || !sid.is_empty() {
+            claims["sid"] = sid.into();
+        }
+        let algorithm = crate::grants::id_token_algorithm(client);
+        sign_typed(&self.keys, algorithm, "logout+jwt", &claims)
+            .map_err(|e| log::error!("logout token: {}", e.description))
+            .ok()
+    }
+}
