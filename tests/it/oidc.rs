@@ -5,7 +5,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{client, eventually, free_port, with_plain_listener, Backend, Echo, Gateway};
+use crate::sso::Browser;
+use crate::support::{
+    client, eventually, free_port, with_plain_listener, Backend, Echo, Gateway, RedisServer,
+};
 
 const CLIENT_ID: &str = "orders-service";
 const CLIENT_SECRET: &str = "a-test-secret-that-is-only-used-on-loopback";
@@ -17,6 +20,16 @@ struct OpenIdProvider {
 
 impl OpenIdProvider {
     async fn start() -> OpenIdProvider {
+        Self::start_with(&[]).await
+    }
+
+    /// With the `portcullis-gateway` client for a gateway at `gateway`,
+    /// whose access tokens live `token_ttl` seconds.
+    async fn start_for_gateway(gateway: &str, token_ttl: u64) -> OpenIdProvider {
+        Self::start_with(&[gateway.to_owned(), token_ttl.to_string()]).await
+    }
+
+    async fn start_with(args: &[String]) -> OpenIdProvider {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc");
         assert!(
             std::path::Path::new(dir)
@@ -28,6 +41,7 @@ impl OpenIdProvider {
         let child = Command::new("node")
             .arg("provider.mjs")
             .arg(port.to_string())
+            .args(args)
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -184,4 +198,152 @@ async fn oidc_provider_opaque_tokens_by_introspection_and_revocation() {
     })
     .await;
     assert!(rejected, "revoked token still accepted");
+}
+
+/// The gateway signing browsers in at oidc-provider (code + PKCE, nonce,
+/// RFC 9207 `iss`, RS256 ID tokens, rotating refresh tokens): fifty
+/// concurrent requests of one session with an expired access token, over
+/// two replicas, make exactly one refresh at the provider, counted there;
+/// then the provider's back-channel logout ends the session on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oidc_provider_sessions_refresh_once_and_end_by_back_channel() {
+    let redis = RedisServer::start().await;
+    let echo = Backend::start("app").await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let public = format!("http://127.0.0.1:{port_a}");
+    let op = OpenIdProvider::start_for_gateway(&public, 3).await;
+    let config = |port: u16| {
+        format!(
+            "listeners: [ {{ name: plain, address: '127.0.0.1:{port}' }} ]
+admin: {{ address: '127.0.0.1:{{ADMIN}}' }}
+redis: {{ url: '{redis}' }}
+identity:
+  providers:
+    - {{ name: op, issuer: '{issuer}', audiences: [api] }}
+  login:
+    provider: op
+    client_id: portcullis-gateway
+    client_secret: a-gateway-secret-that-is-only-used-on-loopback
+    scopes: [openid]
+    public_url: '{public}'
+    store: redis
+    secure_cookies: false
+upstreams:
+  app: {{ targets: ['{app}'] }}
+routes:
+  - {{ name: app, match: {{ path_prefix: /app }}, upstream: app, strip_prefix: true,
+       auth: {{ mode: required, login_redirect: true }} }}
+",
+            redis = redis.url(),
+            issuer = op.issuer,
+            app = echo.addr
+        )
+    };
+    let _a = Gateway::start(&config(port_a)).await;
+    let _b = Gateway::start(&config(port_b)).await;
+    let gws = [public.clone(), format!("http://127.0.0.1:{port_b}")];
+
+    // Sign in: the gateway, the provider's automatic interactions, back.
+    let browser = Browser::default();
+    let mut location = format!("{public}/_auth/login?rd=/app/items");
+    for _ in 0..12 {
+        if location.starts_with(&format!("{public}/_auth/callback")) {
+            break;
+        }
+        let next = if location.starts_with('/') {
+            let base = if location.starts_with("/_auth") {
+                &public
+            } else {
+                &op.issuer
+            };
+            format!("{base}{location}")
+        } else {
+            location.clone()
+        };
+        let response = browser.navigate(&next).await;
+        assert!(
+            response.status().is_redirection(),
+            "{next}: {}",
+            response.status()
+        );
+        location = response.headers()["location"].to_str().unwrap().to_owned();
+    }
+    assert!(
+        location.contains("&iss="),
+        "oidc-provider sends iss: {location}"
+    );
+    let landed = browser.navigate(&location).await;
+    assert_eq!(landed.status(), 302, "{:?}", landed.text().await);
+    let cookie = browser.cookie_header();
+    let status = |gw: String, cookie: String| async move {
+        client()
+            .get(format!("{gw}/app/items"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(gws[1].clone(), cookie.clone()).await, 200);
+
+    let refreshes = || async {
+        let counts: serde_json::Value = client()
+            .get(format!("{}/_test/refreshes", op.issuer))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        counts["refreshes"].as_u64().unwrap()
+    };
+    assert_eq!(refreshes().await, 0);
+    for round in 1..=2 {
+        tokio::time::sleep(Duration::from_millis(3300)).await;
+        let requests = (0..50).map(|i| tokio::spawn(status(gws[i % 2].clone(), cookie.clone())));
+        for (i, answer) in futures_util::future::join_all(requests)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(answer.unwrap(), 200, "round {round}, request {i}");
+        }
+        assert_eq!(refreshes().await, round, "one refresh per expiry");
+    }
+
+    // Signing out at the provider: its back-channel logout token ends the
+    // gateway session on both replicas.
+    let page = browser
+        .navigate(&format!("{}/session/end", op.issuer))
+        .await;
+    let html = page.text().await.unwrap();
+    let xsrf = crate::sso::hidden(&html, "xsrf");
+    let confirm = browser
+        .post(
+            &format!("{}/session/end/confirm", op.issuer),
+            &[("xsrf", xsrf.as_str()), ("logout", "yes")],
+        )
+        .await;
+    assert!(confirm.status().is_redirection() || confirm.status() == 200);
+    // (Within a second: the access token is still valid, so only the
+    // logout token, not a failed refresh, can end the session.)
+    for gw in &gws {
+        let ended = eventually(Duration::from_secs(1), || async {
+            status(gw.clone(), cookie.clone()).await == 401
+        })
+        .await;
+        assert!(
+            ended,
+            "{gw} still serves a session the provider ended:\n{}{}",
+            _a.stderr(),
+            _b.stderr()
+        );
+    }
+    let logs = format!("{}{}", _a.stderr(), _a.stdout());
+    assert!(
+        logs.contains("back-channel logout ended 1 session(s)"),
+        "the provider's logout token was accepted:\n{logs}"
+    );
+    assert_eq!(refreshes().await, 2, "no refresh after the logout");
 }
