@@ -68,6 +68,32 @@ pub struct SsoConfig {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The admin API (`{issuer}/admin/…`).
+    #[serde(default)]
+    pub admin: AdminApi,
+}
+
+/// Who may call the admin API.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminApi {
+    /// The role (in an access token issued by this SSO: a user's roles or
+    /// an admin client's) that the admin API requires. Defaults to
+    /// `sso-admin`.
+    #[serde(default = "default_admin_role")]
+    pub role: String,
+}
+
+impl Default for AdminApi {
+    fn default() -> Self {
+        AdminApi {
+            role: default_admin_role(),
+        }
+    }
+}
+
+fn default_admin_role() -> String {
+    "sso-admin".into()
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]

@@ -11,9 +11,11 @@ use utoipa::{OpenApi, ToSchema};
         description = "The OpenID Provider: OAuth 2.0 / OpenID Connect endpoints. Paths are relative to the issuer URL."
     ),
     paths(crate::discovery, crate::jwks, crate::flow::authorize, crate::token, crate::userinfo,
-        crate::introspect, crate::revoke, crate::flow::end_session),
+        crate::introspect, crate::revoke, crate::flow::end_session,
+        crate::admin::end_user_sessions),
     components(schemas(TokenForm, TokenResponse, OAuthErrorBody, TokenRequestForm, IntrospectionResponse)),
-    tags((name = "oidc", description = "OpenID Connect and OAuth 2.0"))
+    tags((name = "oidc", description = "OpenID Connect and OAuth 2.0"),
+        (name = "admin", description = "For operators: an access token with the admin role"))
 )]
 pub struct SsoApi;
 

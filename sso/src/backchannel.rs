@@ -28,7 +28,51 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most clients remembered per session.
 const MAX_CLIENTS: usize = 64;
 
+/// Most sessions remembered per user (the newest).
+const MAX_USER_SESSIONS: usize = 100;
+
 impl Sso {
+    fn user_sessions_key(sub: &str) -> String {
+        format!("user_sessions:{}", digest(sub))
+    }
+
+    /// Remembers a new session of `sub` (its `sid` and the digest its
+    /// record is stored under), so an admin can end them all.
+    pub(crate) async fn remember_user_session(&self, sub: &str, sid: &str, record: &str) {
+        let key = Self::user_sessions_key(sub);
+        let mut sessions = match self.store.get(&key).await {
+            Ok(Some(Value::Array(items))) => items,
+            _ => Vec::new(),
+        };
+        sessions.push(json!({ "sid": sid, "record": record }));
+        let excess = sessions.len().saturating_sub(MAX_USER_SESSIONS);
+        sessions.drain(..excess);
+        let _ = self
+            .store
+            .put(&key, &Value::Array(sessions), self.config.session.ttl.0)
+            .await;
+    }
+
+    /// Ends every session of `sub`; how many were live.
+    pub(crate) async fn end_all_sessions_of(self: std::sync::Arc<Self>, sub: &str) -> usize {
+        let sessions = match self.store.take(&Self::user_sessions_key(sub)).await {
+            Ok(Some(Value::Array(items))) => items,
+            _ => return 0,
+        };
+        let mut ended = 0;
+        for session in &sessions {
+            let (Some(sid), Some(record)) = (session["sid"].as_str(), session["record"].as_str())
+            else {
+                continue;
+            };
+            if let Ok(Some(_)) = self.store.take(&format!("session:{record}")).await {
+                ended += 1;
+            }
+            self.end_session_everywhere(sid, sub).await;
+        }
+        ended
+    }
+
     fn session_clients_key(sid: &str) -> String {
         format!("session_clients:{}", digest(sid))
     }

@@ -317,6 +317,8 @@ impl Sso {
                 "Sign-in is unavailable right now.",
             );
         }
+        self.remember_user_session(&session.sub, &session.sid, &digest(&session_id))
+            .await;
         let mut response = match authorization {
             Some((request_id, pending, client)) => {
                 if self.consented(&session.sub, client, &pending.scope).await {

@@ -22,9 +22,18 @@ pub struct TokenForm {
     pub client_assertion: Option<String>,
 }
 
+/// The bearer token of a request (RFC 6750 §2.1).
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 impl Sso {
     /// The claims of an access token that is ours, unexpired and not revoked.
-    async fn active_access_token(&self, token: &str) -> Option<Value> {
+    pub(crate) async fn active_access_token(&self, token: &str) -> Option<Value> {
         let (header, claims) = verify_own(&self.keys, &self.config.issuer, token, false)?;
         if header.typ.as_deref() != Some("at+jwt") {
             return None;
@@ -74,17 +83,13 @@ impl Sso {
     }
 
     pub async fn userinfo(&self, headers: &HeaderMap) -> Result<Value, OAuthError> {
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                OAuthError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "bearer token required",
-                )
-            })?;
+        let token = bearer(headers).ok_or_else(|| {
+            OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "bearer token required",
+            )
+        })?;
         let claims = self
             .active_access_token(token.trim())
             .await

@@ -9,11 +9,13 @@
 //! - `grants`: the token endpoint (code + PKCE, refresh with rotation and
 //!   reuse detection, client credentials);
 //! - `introspect`: userinfo, introspection, revocation;
+//! - `admin`: the admin API (ending a user's sessions);
 //! - `backchannel`: logout tokens to clients when a session ends;
 //! - `store`: codes, sessions, refresh tokens in memory or Redis.
 //!
 //! Every endpoint sits under the issuer's path.
 
+mod admin;
 mod api_doc;
 mod backchannel;
 mod clients;
@@ -320,6 +322,10 @@ fn router(state: Shared) -> Router {
         .route(&format!("{base}/userinfo"), get(userinfo).post(userinfo))
         .route(&format!("{base}/introspect"), post(introspect))
         .route(&format!("{base}/revoke"), post(revoke))
+        .route(
+            &format!("{base}/admin/users/{{username}}/sessions"),
+            axum::routing::delete(admin::end_user_sessions),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

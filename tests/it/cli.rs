@@ -105,3 +105,47 @@ fn exit_codes_for_arguments_version_and_schema() {
     assert!(schema["properties"]["issuer"].is_object());
     assert!(schema["properties"]["clients"].is_object());
 }
+
+/// Browser login without `public_url`, or with a path or a slash in it,
+/// is refused by `check`: the redirect URI is never built from a Host.
+#[test]
+fn check_requires_an_origin_as_the_login_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "\
+listeners:
+  - { name: plain, address: 127.0.0.1:8080 }
+identity:
+  providers:
+    - { name: sso, issuer: 'https://sso.example.com', audiences: [api] }
+  login:
+    provider: sso
+    client_id: gateway
+";
+    for (extra, want) in [
+        ("", "identity.login.public_url: required"),
+        (
+            "    public_url: https://api.example.com/app\n",
+            "identity.login.public_url: must be an origin",
+        ),
+        (
+            "    public_url: api.example.com\n",
+            "identity.login.public_url: must be an origin",
+        ),
+    ] {
+        let path = dir.path().join("login.yaml");
+        std::fs::write(&path, format!("{base}{extra}")).unwrap();
+        let (code, stderr) = crate::support::run_check(&path);
+        assert_eq!(code, Some(2), "{extra}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}:", path.display())) && stderr.contains(want),
+            "{extra}: {stderr}"
+        );
+    }
+    let path = dir.path().join("good.yaml");
+    std::fs::write(
+        &path,
+        format!("{base}    public_url: 'https://api.example.com'\n"),
+    )
+    .unwrap();
+    assert_eq!(crate::support::run_check(&path).0, Some(0));
+}

@@ -919,3 +919,78 @@ routes:
     );
     assert!(!authorize.contains("evil.example"), "{authorize}");
 }
+
+/// An admin ends a user's SSO sessions through the admin API: every
+/// gateway session they began ends on both replicas by back-channel
+/// logout, and the SSO asks for the password again (acceptance 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_ending_a_users_sessions_signs_them_out_of_the_gateway() {
+    // (An admin client after the gateway client in the SSO's client list.)
+    let ops = format!(
+        "  - {{ client_id: ops, type: confidential, secret_hash: '{}', roles: [sso-admin] }}\n",
+        crate::sso::hash("ops-secret")
+    );
+    let setup = Setup::start(2, &ops).await;
+    let gws = setup.gateways.clone();
+    let (laptop, phone) = (Browser::default(), Browser::default());
+    sign_in(&laptop, &gws[0], &gws[1], &setup.sso).await;
+    sign_in(&phone, &gws[1], &gws[0], &setup.sso).await;
+    let token = |id: &'static str, secret: &'static str| {
+        let url = setup.sso.url("/token");
+        async move {
+            let answer: Value = client()
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let end = |bearer: Option<String>| {
+        let url = setup.sso.url("/admin/users/alice/sessions");
+        async move {
+            let mut request = client().delete(url);
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    // Not an admin: refused, nothing ends.
+    assert_eq!(end(None).await.0, 401);
+    assert_eq!(end(Some("not-a-token".into())).await.0, 401);
+    let (status, body) = end(Some(token("billing", "billing-secret").await)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("insufficient_scope"))
+    );
+    for browser in [&laptop, &phone] {
+        assert_eq!(with_cookie(&gws[0], &browser.cookie_header()).await, 200);
+    }
+
+    let (status, body) = end(Some(token("ops", "ops-secret").await)).await;
+    assert_eq!((status, &body), (200, &serde_json::json!({ "ended": 2 })));
+    for browser in [&laptop, &phone] {
+        for gw in &gws {
+            let ended = eventually(Duration::from_secs(1), || async {
+                with_cookie(gw, &browser.cookie_header()).await == 302
+            })
+            .await;
+            assert!(ended, "{gw} still serves a session the admin ended");
+        }
+        assert!(
+            !sso_session_alive(browser, &gws[0]).await,
+            "the SSO session ended"
+        );
+    }
+    assert!(setup.sso_log().contains("\"admin_sessions_ended\""));
+}
