@@ -85,6 +85,13 @@ enum SsoCommand {
         #[arg(short, long, env = "PORTCULLIS_SSO_CONFIG")]
         config: PathBuf,
     },
+    /// Create or upgrade the directory's schema and exit (the SSO also does
+    /// it at start): 0 done, 1 the database failed, 2 invalid config.
+    Migrate {
+        /// SSO config file (YAML).
+        #[arg(short, long, env = "PORTCULLIS_SSO_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +212,14 @@ fn main() -> ExitCode {
             }
         },
         Command::Sso {
+            command: Some(SsoCommand::Migrate { config: path }),
+            ..
+        } => on_sso_config(&path, "portcullis sso migrate", |config| {
+            portcullis_sso::migrate(&config, &path)?;
+            println!("{}: the directory's schema is current", path.display());
+            Ok(())
+        }),
+        Command::Sso {
             config: None,
             command: None,
         } => {
@@ -214,22 +229,9 @@ fn main() -> ExitCode {
         Command::Sso {
             config: Some(path),
             command: None,
-        } => {
-            let config = match portcullis_config::load_sso(&path) {
-                Ok(config) => config,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(EXIT_INVALID);
-                }
-            };
-            match portcullis_sso::run(config, &path) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("portcullis sso: {:#}", anyhow::Error::from(e));
-                    ExitCode::from(EXIT_RUNTIME)
-                }
-            }
-        }
+        } => on_sso_config(&path, "portcullis sso", |config| {
+            portcullis_sso::run(config, &path)
+        }),
         Command::Demo {
             port,
             admin_port,
@@ -293,6 +295,29 @@ fn main() -> ExitCode {
 }
 
 /// Loads an SSO config and its users file; a one-line summary.
+/// Loads an SSO config (exit 2 when invalid) and runs `action` on it
+/// (exit 1 when it fails, with `name` and the cause).
+fn on_sso_config(
+    path: &std::path::Path,
+    name: &str,
+    action: impl FnOnce(portcullis_config::sso::SsoConfig) -> Result<(), portcullis_sso::SsoError>,
+) -> ExitCode {
+    let config = match portcullis_config::load_sso(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    match action(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {:#}", anyhow::Error::from(e));
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
 fn check_sso(path: &std::path::Path) -> Result<String, portcullis_config::LoadError> {
     let config = portcullis_config::load_sso(path)?;
     let users = match &config.users.file {

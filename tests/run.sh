@@ -18,6 +18,11 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # The docs portal is rendered by a real headless browser.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The SSO's directory is tested on a real PostgreSQL (initdb + postgres into
+# a temporary directory; Debian keeps them in /usr/lib/postgresql/*/bin).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq

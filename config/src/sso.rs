@@ -71,6 +71,54 @@ pub struct SsoConfig {
     /// The admin API (`{issuer}/admin/…`).
     #[serde(default)]
     pub admin: AdminApi,
+    /// Where users, roles and consents live.
+    #[serde(default)]
+    pub directory: DirectoryConfig,
+}
+
+/// The identity directory's database.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `postgres://user:password@host/db` (put it in `${ENV}`) for several
+    /// replicas. Defaults to none: SQLite in `file`.
+    #[serde(default)]
+    pub url: Option<crate::Secret>,
+    /// The SQLite file, relative to the config file, created when absent.
+    /// Defaults to `directory.db`.
+    #[serde(default = "default_directory_file")]
+    pub file: String,
+    /// Most connections to PostgreSQL. Defaults to 10.
+    #[serde(default = "default_directory_connections")]
+    pub max_connections: u32,
+    /// Longest wait for a connection. Defaults to 5s.
+    #[serde(default = "default_directory_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        DirectoryConfig {
+            url: None,
+            file: default_directory_file(),
+            max_connections: default_directory_connections(),
+            timeout: default_directory_timeout(),
+        }
+    }
+}
+
+fn default_directory_file() -> String {
+    "directory.db".into()
+}
+
+/// Enough for a replica's concurrent logins; PostgreSQL's default limit
+/// (100) then allows about ten replicas.
+const fn default_directory_connections() -> u32 {
+    10
+}
+
+fn default_directory_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// Who may call the admin API.
@@ -183,7 +231,7 @@ pub struct Users {
     #[serde(default)]
     pub file: Option<String>,
     /// Self-service registration (`closed`, `open`, `invite_only`).
-    /// Registered users live in the store. Defaults to closed.
+    /// Registered users live in the directory. Defaults to closed.
     #[serde(default)]
     pub registration: Registration,
     /// Invitation codes for `invite_only`, each usable once (put them in
@@ -548,6 +596,15 @@ impl Checker<'_> {
         }
         if config.store == StoreKind::Redis && config.redis.is_none() {
             self.problem(root.child_key("redis"), "`store: redis` needs `redis.url`");
+        }
+        if let Some(url) = &config.directory.url {
+            let url = url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                self.problem(
+                    root.child_key("directory").child_key("url"),
+                    "must be a `postgres://` URL (without one, the directory is SQLite in `directory.file`)",
+                );
+            }
         }
         if config.users.registration == Registration::InviteOnly && config.users.invites.is_empty()
         {

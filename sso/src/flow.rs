@@ -213,11 +213,15 @@ impl Sso {
         if client.first_party {
             return true;
         }
-        let key = format!("consent:{}:{}", digest(sub), client.client_id);
-        let Ok(Some(granted)) = self.store.get(&key).await else {
-            return false;
+        let granted = match self.directory.consent(sub, &client.client_id).await {
+            Ok(Some(granted)) => granted,
+            Ok(None) => return false,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
         };
-        let granted: Vec<&str> = granted["scope"].as_str().unwrap_or("").split(' ').collect();
+        let granted: Vec<&str> = granted.split(' ').collect();
         scope
             .split(' ')
             .all(|s| s.is_empty() || granted.contains(&s))
@@ -659,15 +663,14 @@ pub async fn consent(
         );
         return sso.redirect_error(&pending, "access_denied", "the user denied the request");
     }
-    let key = format!("consent:{}:{}", digest(&session.sub), pending.client_id);
-    let _ = sso
-        .store
-        .put(
-            &key,
-            &json!({ "scope": pending.scope }),
-            Duration::from_secs(365 * 24 * 3600),
-        )
-        .await;
+    if let Err(e) = sso
+        .directory
+        .grant_consent(&session.sub, &pending.client_id, &pending.scope)
+        .await
+    {
+        // The code is still issued; the user is asked again next time.
+        log::error!("{e}");
+    }
     audit(
         json!({ "event": "consent_granted", "sub": session.sub, "client_id": pending.client_id, "scope": pending.scope }),
     );

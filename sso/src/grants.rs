@@ -505,7 +505,7 @@ impl Sso {
         nonce: Option<&str>,
         grant: &str,
     ) -> Result<Value, OAuthError> {
-        let user = self.users.get(self.store.as_ref(), &record.sub).await;
+        let user = self.users.get(&record.sub).await;
         let (roles, groups) = user
             .as_ref()
             .map(|u| (u.roles.clone(), u.groups.clone()))

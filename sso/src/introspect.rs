@@ -110,7 +110,7 @@ impl Sso {
             ));
         }
         let mut info = json!({ "sub": sub });
-        if let Some(user) = self.users.get(self.store.as_ref(), sub).await {
+        if let Some(user) = self.users.get(sub).await {
             add_profile_claims(&mut info, &user, &scopes);
         }
         Ok(info)

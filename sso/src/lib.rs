@@ -11,6 +11,7 @@
 //! - `introspect`: userinfo, introspection, revocation;
 //! - `admin`: the admin API (ending a user's sessions);
 //! - `backchannel`: logout tokens to clients when a session ends;
+//! - `directory`: users, roles and consents in SQLite or PostgreSQL;
 //! - `store`: codes, sessions, refresh tokens in memory or Redis.
 //!
 //! Every endpoint sits under the issuer's path.
@@ -19,6 +20,7 @@ mod admin;
 mod api_doc;
 mod backchannel;
 mod clients;
+mod directory;
 mod flow;
 mod grants;
 mod introspect;
@@ -63,6 +65,12 @@ pub enum SsoError {
     Store(String),
     #[error("templates: {0}")]
     Templates(#[from] minijinja::Error),
+    #[error("{0}")]
+    Directory(#[from] directory::DirectoryError),
+    #[error(
+        "users {names:?} are both in the users file and in the directory: remove them from one"
+    )]
+    SeedConflict { names: Vec<String> },
 }
 
 struct Sso {
@@ -71,6 +79,7 @@ struct Sso {
     clients: Clients,
     users: users::Users,
     store: Arc<dyn store::Store>,
+    directory: Arc<dyn directory::Directory>,
     templates: minijinja::Environment<'static>,
     /// The issuer's path: every endpoint is under it.
     base_path: String,
@@ -105,9 +114,16 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
         }
         None => Vec::new(),
     };
+    let directory = open_directory(&config, source).await?;
+    let users = users::Users::new(users, directory.clone());
+    let both = users.seeds_in_directory().await?;
+    if !both.is_empty() {
+        return Err(SsoError::SeedConflict { names: both });
+    }
     let state = Arc::new(Sso {
         clients: Clients::new(&config.clients),
-        users: users::Users::new(users),
+        users,
+        directory,
         store: match (&config.store, &config.redis) {
             (portcullis_config::sso::StoreKind::Redis, Some(redis)) => Arc::new(
                 store::RedisStore::new(redis.url.expose(), &redis.key_prefix)
@@ -136,6 +152,43 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
     );
     let limits = state.config.limits.clone();
     serve_connections(listener, router(state), &limits).await;
+    Ok(())
+}
+
+/// The directory the config names: PostgreSQL at `directory.url`, or
+/// SQLite in `directory.file` (relative to the config file).
+pub fn directory_url(config: &SsoConfig, source: &Path) -> String {
+    match &config.directory.url {
+        Some(url) => url.expose().to_owned(),
+        None => {
+            let file = portcullis_config::resolve_path(source, &config.directory.file);
+            format!("sqlite://{}?mode=rwc", file.display())
+        }
+    }
+}
+
+async fn open_directory(
+    config: &SsoConfig,
+    source: &Path,
+) -> Result<Arc<dyn directory::Directory>, SsoError> {
+    let directory = directory::SqlDirectory::open(
+        &directory_url(config, source),
+        config.directory.max_connections,
+        config.directory.timeout.0,
+    )
+    .await?;
+    Ok(Arc::new(directory))
+}
+
+/// Applies the directory's migrations and returns (`portcullis sso migrate`).
+pub fn migrate(config: &SsoConfig, source: &Path) -> Result<(), SsoError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(directory::SqlDirectory::migrate(
+        &directory_url(config, source),
+        config.directory.timeout.0,
+    ))?;
     Ok(())
 }
 

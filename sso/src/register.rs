@@ -1,6 +1,6 @@
 //! Self-service registration (`users.registration`: closed, open,
 //! invite-only). The form is CSRF-protected like the login form; the new
-//! account is stored in the store (memory or Redis), signed in, and the
+//! account is stored in the directory (SQLite or PostgreSQL), signed in, and the
 //! authorization that led here (if any) continues.
 
 use std::net::SocketAddr;
@@ -184,7 +184,7 @@ pub async fn submit(
         groups: Vec::new(),
         disabled: false,
     };
-    match sso.users.register(sso.store.as_ref(), user.clone()).await {
+    match sso.users.register(user.clone()).await {
         Ok(Ok(())) => {}
         Ok(Err(RegisterRefused::Taken)) => {
             return refuse(StatusCode::CONFLICT, "That user name is taken.")

@@ -12,18 +12,17 @@ use portcullis_config::sso::{Login, User};
 use serde_json::json;
 
 use crate::clients::{hash_secret, verify_secret};
+use crate::directory::{Directory, DirectoryError};
 use crate::keys::now_secs;
 use crate::store::{Store, StoreError};
 
-/// Users of the file (read-only) and users who registered themselves (in
-/// the store: memory, or Redis for several replicas).
+/// Users of the file (read-only seed entries) and users who registered or
+/// were created at run time (in the directory).
 pub struct Users {
     by_name: HashMap<String, Arc<User>>,
+    directory: Arc<dyn Directory>,
     decoy_hash: String,
 }
-
-/// Registered users never expire; Redis needs some TTL, so a century.
-const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Why a registration was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,32 +41,48 @@ pub enum LoginRefused {
 }
 
 impl Users {
-    pub fn new(users: Vec<User>) -> Users {
+    pub fn new(users: Vec<User>, directory: Arc<dyn Directory>) -> Users {
         Users {
             by_name: users
                 .into_iter()
                 .map(|u| (u.username.clone(), Arc::new(u)))
                 .collect(),
+            directory,
             decoy_hash: hash_secret("decoy-password").unwrap_or_default(),
         }
     }
 
-    /// A user of the file, else a registered one.
-    pub async fn get(&self, store: &dyn Store, username: &str) -> Option<Arc<User>> {
+    /// The seed users' names that the directory also has: each is a
+    /// configuration error (one name, two accounts).
+    pub async fn seeds_in_directory(&self) -> Result<Vec<String>, DirectoryError> {
+        let mut both = Vec::new();
+        for name in self.by_name.keys() {
+            if self.directory.user(name).await?.is_some() {
+                both.push(name.clone());
+            }
+        }
+        both.sort();
+        Ok(both)
+    }
+
+    /// A user of the file, else one of the directory. A directory failure
+    /// reads as "no such user" here (logged): sign-in fails closed.
+    pub async fn get(&self, username: &str) -> Option<Arc<User>> {
         if let Some(user) = self.by_name.get(username) {
             return Some(user.clone());
         }
-        let value = store.get(&user_key(username)).await.ok()??;
-        serde_json::from_value(value).ok().map(Arc::new)
+        match self.directory.user(username).await {
+            Ok(user) => user.map(Arc::new),
+            Err(e) => {
+                log::error!("{e}");
+                None
+            }
+        }
     }
 
-    /// Creates an account; the name is taken atomically (`put_new`), so two
-    /// replicas cannot both create it.
-    pub async fn register(
-        &self,
-        store: &dyn Store,
-        user: User,
-    ) -> Result<Result<(), RegisterRefused>, StoreError> {
+    /// Creates an account in the directory; the name is taken atomically
+    /// (a unique key), so two replicas cannot both create it.
+    pub async fn register(&self, user: User) -> Result<Result<(), RegisterRefused>, StoreError> {
         let name_ok = (3..=64).contains(&user.username.len())
             && user
                 .username
@@ -81,14 +96,10 @@ impl Users {
         if self.by_name.contains_key(&user.username) {
             return Ok(Err(RegisterRefused::Taken));
         }
-        let value = serde_json::to_value(&user).map_err(|e| StoreError(e.to_string()))?;
-        if store
-            .put_new(&user_key(&user.username), &value, FOREVER)
-            .await?
-        {
-            Ok(Ok(()))
-        } else {
-            Ok(Err(RegisterRefused::Taken))
+        match self.directory.create_user(&user).await {
+            Ok(true) => Ok(Ok(())),
+            Ok(false) => Ok(Err(RegisterRefused::Taken)),
+            Err(e) => Err(StoreError(e.to_string())),
         }
     }
 
@@ -114,7 +125,7 @@ impl Users {
                 }
             }
         }
-        let user = self.get(store, username).await;
+        let user = self.get(username).await;
         let hash = user
             .as_ref()
             .map_or_else(|| self.decoy_hash.clone(), |u| u.password_hash.clone());
@@ -190,8 +201,4 @@ impl Users {
             .await?;
         Ok(seconds)
     }
-}
-
-fn user_key(username: &str) -> String {
-    format!("user:{username}")
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod cli;
 mod demo;
+mod directory;
 mod edge;
 mod health;
 mod introspection;

@@ -763,7 +763,8 @@ async fn brute_force_locks_without_telling_whether_the_account_exists() {
     let dir = tempfile::tempdir().unwrap();
     write_users(dir.path());
     let port = free_port();
-    let config = config() + "login: { max_failures: 5, lockout: 30s }\n";
+    // A lockout longer than the test, so a slow machine cannot see one expire.
+    let config = config() + "login: { max_failures: 5, lockout: 300s }\n";
     let sso = SsoProcess::start(dir.path(), &config, port).await;
     let base = sso.issuer();
 

@@ -784,3 +784,141 @@ pub fn parse_responses(mut bytes: &[u8]) -> Vec<RawResponse> {
     }
     out
 }
+
+/// A real PostgreSQL server (Debian's `postgresql`: `initdb` and `postgres`
+/// into a temporary directory) on a loopback port, stopped on drop by PID.
+/// As root, the server runs as the `postgres` user (it refuses root).
+pub struct PostgresServer {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// Where Debian keeps the server binaries (not on PATH).
+fn postgres_bin(name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join(name).exists() {
+                return dir.join(name);
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .last()
+        .map(|v| v.join("bin").join(name))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} not found: install postgresql (tests/run.sh does)"))
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn as_postgres_user(program: PathBuf) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("setpriv");
+        command
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--clear-groups",
+                "--",
+            ])
+            .arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+impl PostgresServer {
+    pub async fn start() -> PostgresServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let init = as_postgres_user(postgres_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "portcullis",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("initdb");
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = free_port();
+        let child = as_postgres_user(postgres_bin("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(dir.path())
+            .args(["-c", "fsync=off", "-c", "max_connections=100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        let server = PostgresServer {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let url = server.url();
+        let up = eventually(Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    Command::new("psql")
+                        .args([url.as_str(), "-qAtc", "SELECT 1"])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                })
+                .await
+                .unwrap_or(false)
+            }
+        })
+        .await;
+        assert!(up, "postgres did not start on {port}");
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://portcullis@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGQUIT: immediate shutdown (the server's children go too).
+            let _ = Command::new("kill")
+                .args(["-QUIT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}

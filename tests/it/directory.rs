@@ -1,0 +1,176 @@
+//! The identity directory: what people create survives restarts — with the
+//! default config (SQLite in a file) and on a real PostgreSQL shared by two
+//! SSO replicas.
+
+use crate::sso::{
+    allow_consent, authorize_url, code_from, config, hidden, pkce, register, write_users, Browser,
+    SsoProcess,
+};
+use crate::support::{free_port, PostgresServer};
+
+const CAROL: [(&str, &str); 3] = [
+    ("username", "carol"),
+    ("password", "carol-password-1"),
+    ("confirm", "carol-password-1"),
+];
+
+/// Carol registers from web-ui's authorization request (the SSO at
+/// `base`) and consents: a code comes back.
+async fn carol_registers_and_consents(base: &str) {
+    let browser = Browser::default();
+    let (_, challenge) = pkce();
+    let login_page = browser.get(&authorize_url(base, &challenge)).await;
+    let html = login_page.text().await.unwrap();
+    let request = hidden(&html, "request");
+    let created = register(&browser, base, &request, &CAROL).await;
+    assert_eq!(created.status(), 200, "the consent page follows");
+    let html = created.text().await.unwrap();
+    assert!(html.contains("name=\"decision\""), "{html}");
+    code_from(&allow_consent(&browser, base, &html).await);
+}
+
+/// Carol signs in at `base` with a new browser: a code at once, without
+/// the consent page (it was remembered).
+async fn carol_signs_in_without_consent(base: &str) {
+    let browser = Browser::default();
+    let (_, challenge) = pkce();
+    let form = browser.get(&authorize_url(base, &challenge)).await;
+    assert_eq!(form.status(), 200);
+    let html = form.text().await.unwrap();
+    let answer = browser
+        .post(
+            &format!("{base}/login"),
+            &[
+                ("request", &hidden(&html, "request")),
+                ("csrf", &hidden(&html, "csrf")),
+                ("username", CAROL[0].1),
+                ("password", CAROL[1].1),
+            ],
+        )
+        .await;
+    code_from(&answer);
+}
+
+fn open_registration(extra: &str) -> String {
+    config().replace(
+        "users: { file: users.yaml }",
+        "users: { file: users.yaml, registration: open }",
+    ) + extra
+}
+
+/// The default config keeps users and consents in SQLite next to the
+/// config: a restart forgets neither (acceptance 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_users_and_consents_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let config = open_registration("");
+    let sso = SsoProcess::start(dir.path(), &config, port).await;
+    carol_registers_and_consents(&sso.issuer()).await;
+    drop(sso);
+    assert!(dir.path().join("directory.db").exists());
+
+    let sso = SsoProcess::start(dir.path(), &config, port).await;
+    carol_signs_in_without_consent(&sso.issuer()).await;
+    // A user of the users file and of the directory at once is refused.
+    drop(sso);
+    let users = std::fs::read_to_string(dir.path().join("users.yaml")).unwrap();
+    let carol_hash = crate::sso::hash("x-password-long");
+    std::fs::write(
+        dir.path().join("users.yaml"),
+        format!("{users}  - username: carol\n    password_hash: '{carol_hash}'\n"),
+    )
+    .unwrap();
+    let path = dir.path().join("conflict.yaml");
+    std::fs::write(&path, config.replace("{PORT}", &free_port().to_string())).unwrap();
+    let output = std::process::Command::new(crate::support::BIN)
+        .args(["sso", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("[\"carol\"] are both in the users file and in the directory"),
+        "{stderr}"
+    );
+}
+
+/// Two replicas on one PostgreSQL (migrating at once on start): a user
+/// registered and a consent given on one are known to the other, and to
+/// both after a restart (acceptance 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_directory_on_postgresql() {
+    let postgres = PostgresServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let (port_a, port_b) = (free_port(), free_port());
+    let config = open_registration(&format!("directory: {{ url: '{}' }}\n", postgres.url()));
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&dir_a, &dir_b] {
+        std::fs::create_dir_all(d).unwrap();
+        write_users(d);
+    }
+    let (a, b) = tokio::join!(
+        SsoProcess::start(&dir_a, &config, port_a),
+        SsoProcess::start(&dir_b, &config, port_b)
+    );
+    carol_registers_and_consents(&a.issuer()).await;
+    carol_signs_in_without_consent(&b.issuer()).await;
+    drop((a, b));
+    assert!(!dir_a.join("directory.db").exists(), "nothing in SQLite");
+
+    let b = SsoProcess::start(&dir_b, &config, port_b).await;
+    carol_signs_in_without_consent(&b.issuer()).await;
+    let rows = std::process::Command::new("psql")
+        .args([
+            postgres.url().as_str(),
+            "-qAtc",
+            "SELECT username FROM users ORDER BY username",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "carol");
+}
+
+/// `portcullis sso migrate`: creates the schema (again: nothing to do),
+/// 1 with the cause when the database cannot be reached, 2 for a URL that
+/// is not PostgreSQL's.
+#[test]
+fn sso_migrate_creates_the_schema_and_says_why_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let run = |extra: &str| {
+        let path = dir.path().join("sso.yaml");
+        std::fs::write(&path, config().replace("{PORT}", "1") + extra).unwrap();
+        let output = std::process::Command::new(crate::support::BIN)
+            .args(["sso", "migrate", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    for _ in 0..2 {
+        let (code, out) = run("");
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("the directory's schema is current"), "{out}");
+    }
+    assert!(dir.path().join("directory.db").exists());
+    let closed = free_port();
+    let (code, out) = run(&format!(
+        "directory: {{ url: 'postgres://nobody@127.0.0.1:{closed}/x', timeout: 2s }}\n"
+    ));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("portcullis sso migrate: directory:"), "{out}");
+    let (code, out) = run("directory: { url: 'mysql://127.0.0.1/x' }\n");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("directory.url: must be a `postgres://` URL"),
+        "{out}"
+    );
+}
