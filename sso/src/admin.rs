@@ -4,17 +4,147 @@
 //! admin client's from client credentials) whose roles include the admin
 //! role (`admin.role`); it must be active (not expired, not revoked).
 //! Every call is audited with who made it.
+//!
+//! Users of the users file are seed entries (infrastructure as code): shown,
+//! never changed here (409). Disabling, deleting or setting the password of
+//! a user ends every session they have, with back-channel logout, and their
+//! refresh tokens stop working.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use portcullis_config::sso::User;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
+use crate::directory::{UserChange, UserRecord, MAX_PAGE};
 use crate::oauth::OAuthError;
+use crate::users::RegisterRefused;
 use crate::{audit, no_store, Shared, Sso};
+
+/// A user as the admin API shows it (never the password hash).
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    username: String,
+    email: Option<String>,
+    name: Option<String>,
+    roles: Vec<String>,
+    groups: Vec<String>,
+    disabled: bool,
+    /// `directory` (created at run time) or `file` (a seed entry, read-only).
+    source: &'static str,
+    /// Unix seconds (directory users).
+    created_at: Option<i64>,
+    updated_at: Option<i64>,
+}
+
+impl UserView {
+    fn of(user: &User, record: Option<&UserRecord>) -> UserView {
+        UserView {
+            username: user.username.clone(),
+            email: user.email.clone(),
+            name: user.name.clone(),
+            roles: user.roles.clone(),
+            groups: user.groups.clone(),
+            disabled: user.disabled,
+            source: if record.is_some() {
+                "directory"
+            } else {
+                "file"
+            },
+            created_at: record.map(|r| r.created_at),
+            updated_at: record.map(|r| r.updated_at),
+        }
+    }
+}
+
+/// A page of users.
+#[derive(Serialize, ToSchema)]
+pub struct UserPage {
+    users: Vec<UserView>,
+    /// Pass as `after` for the next page; absent on the last.
+    next: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ListQuery {
+    /// Part of the user name or email (case-insensitive).
+    search: Option<String>,
+    /// The last user name of the previous page.
+    after: Option<String>,
+    /// Users per page (1 to 500). Defaults to 100.
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    username: String,
+    password: String,
+    email: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// Present and `null` clears a field; absent leaves it.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    name: Option<Option<String>>,
+    roles: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    disabled: Option<bool>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPassword {
+    password: String,
+}
+
+fn not_found() -> OAuthError {
+    OAuthError::new(StatusCode::NOT_FOUND, "not_found", "no such user")
+}
+
+fn read_only() -> OAuthError {
+    OAuthError::new(
+        StatusCode::CONFLICT,
+        "read_only",
+        "the user is defined in the users file; change it there",
+    )
+}
+
+fn unavailable(e: impl std::fmt::Display) -> OAuthError {
+    log::error!("{e}");
+    OAuthError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the directory is unavailable",
+    )
+}
+
+/// A JSON body the handler could not read: 400 with the reason.
+fn bad_body(e: axum::extract::rejection::JsonRejection) -> OAuthError {
+    OAuthError::invalid_request(e.body_text())
+}
 
 /// Who is calling: the subject of an active admin token.
 struct Admin {
@@ -49,6 +179,274 @@ impl Sso {
         }
         Ok(Admin { subject })
     }
+}
+
+impl Sso {
+    async fn hash_password(&self, password: String) -> Result<String, OAuthError> {
+        let min = self.config.users.min_password_length;
+        if password.chars().count() < min {
+            return Err(OAuthError::invalid_request(format!(
+                "the password needs at least {min} characters"
+            )));
+        }
+        match tokio::task::spawn_blocking(move || crate::clients::hash_secret(&password)).await {
+            Ok(Ok(hash)) => Ok(hash),
+            _ => Err(OAuthError::server_error("hashing failed")),
+        }
+    }
+
+    /// A directory user (`Ok(None)`: none; a file user: 409).
+    async fn directory_user(&self, username: &str) -> Result<UserRecord, OAuthError> {
+        if self.users.is_seed(username) {
+            return Err(read_only());
+        }
+        self.directory
+            .user_record(username)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(not_found)
+    }
+
+    async fn changed(
+        self: &Arc<Self>,
+        username: &str,
+        change: UserChange,
+        ends_sessions: bool,
+    ) -> Result<UserRecord, OAuthError> {
+        self.directory_user(username).await?;
+        if !self
+            .directory
+            .change_user(username, change)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(not_found());
+        }
+        if ends_sessions {
+            Arc::clone(self).end_all_sessions_of(username).await;
+        }
+        self.directory_user(username).await
+    }
+}
+
+fn answer(result: Result<Response, OAuthError>) -> Response {
+    match result {
+        Ok(response) => no_store(response),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Users created at run time, by name, a page at a time.
+#[utoipa::path(get, path = "/admin/users", tag = "admin", params(ListQuery),
+    responses((status = 200, description = "A page of users", body = UserPage),
+        (status = 401, description = "No active token", body = crate::api_doc::OAuthErrorBody),
+        (status = 403, description = "Not an admin", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_users(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+            let records = sso
+                .directory
+                .users(query.search.as_deref(), query.after.as_deref(), limit)
+                .await
+                .map_err(unavailable)?;
+            let next = (records.len() == limit as usize)
+                .then(|| records.last().map(|r| r.user.username.clone()))
+                .flatten();
+            audit(json!({ "event": "admin_users_listed", "by": admin.subject }));
+            let users = records
+                .iter()
+                .map(|r| UserView::of(&r.user, Some(r)))
+                .collect();
+            Ok(Json(UserPage { users, next }).into_response())
+        }
+        .await,
+    )
+}
+
+/// Creates a user (the password is hashed with argon2id; never shown).
+#[utoipa::path(post, path = "/admin/users", tag = "admin", request_body = NewUser,
+    responses((status = 201, description = "Created", body = UserView),
+        (status = 400, description = "Invalid name, password or body", body = crate::api_doc::OAuthErrorBody),
+        (status = 409, description = "The name is taken", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_user(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            let Json(new) = body.map_err(bad_body)?;
+            let user = User {
+                username: new.username.trim().to_owned(),
+                password_hash: sso.hash_password(new.password).await?,
+                email: new.email,
+                name: new.name,
+                roles: new.roles,
+                groups: new.groups,
+                disabled: new.disabled,
+            };
+            match sso
+                .users
+                .register(user.clone())
+                .await
+                .map_err(unavailable)?
+            {
+                Ok(()) => {}
+                Err(RegisterRefused::Taken) => {
+                    return Err(OAuthError::new(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "that user name is taken",
+                    ))
+                }
+                Err(RegisterRefused::Invalid(why)) => return Err(OAuthError::invalid_request(why)),
+            }
+            audit(
+                json!({ "event": "admin_user_created", "by": admin.subject, "sub": user.username }),
+            );
+            let record = sso.directory_user(&user.username).await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(UserView::of(&record.user, Some(&record))),
+            )
+                .into_response())
+        }
+        .await,
+    )
+}
+
+/// A user (of the directory or of the users file).
+#[utoipa::path(get, path = "/admin/users/{username}", tag = "admin",
+    params(("username" = String, Path, description = "The user's name")),
+    responses((status = 200, description = "The user", body = UserView),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_user(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+) -> Response {
+    answer(
+        async {
+            sso.admin(&headers).await?;
+            if sso.users.is_seed(&username) {
+                let user = sso.users.get(&username).await.ok_or_else(not_found)?;
+                return Ok(Json(UserView::of(&user, None)).into_response());
+            }
+            let record = sso.directory_user(&username).await?;
+            Ok(Json(UserView::of(&record.user, Some(&record))).into_response())
+        }
+        .await,
+    )
+}
+
+/// Changes a user's email, name, roles, groups or `disabled`; disabling
+/// ends their sessions.
+#[utoipa::path(patch, path = "/admin/users/{username}", tag = "admin", request_body = UserPatch,
+    params(("username" = String, Path, description = "The user's name")),
+    responses((status = 200, description = "The user as changed", body = UserView),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody),
+        (status = 409, description = "A user of the users file", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_user(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    body: Result<Json<UserPatch>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            let Json(patch) = body.map_err(bad_body)?;
+            let disables = patch.disabled == Some(true);
+            let change = UserChange {
+                email: patch.email,
+                name: patch.name,
+                roles: patch.roles,
+                groups: patch.groups,
+                disabled: patch.disabled,
+                password_hash: None,
+            };
+            let record = sso.changed(&username, change, disables).await?;
+            audit(
+                json!({ "event": "admin_user_changed", "by": admin.subject, "sub": username,
+            "disabled": record.user.disabled }),
+            );
+            Ok(Json(UserView::of(&record.user, Some(&record))).into_response())
+        }
+        .await,
+    )
+}
+
+/// Sets a user's password; their sessions end.
+#[utoipa::path(put, path = "/admin/users/{username}/password", tag = "admin", request_body = NewPassword,
+    params(("username" = String, Path, description = "The user's name")),
+    responses((status = 204, description = "Set; the user's sessions ended"),
+        (status = 400, description = "Too short", body = crate::api_doc::OAuthErrorBody),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn set_password(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    body: Result<Json<NewPassword>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            let Json(new) = body.map_err(bad_body)?;
+            sso.directory_user(&username).await?;
+            let change = UserChange {
+                password_hash: Some(sso.hash_password(new.password).await?),
+                ..UserChange::default()
+            };
+            sso.changed(&username, change, true).await?;
+            audit(json!({ "event": "admin_password_set", "by": admin.subject, "sub": username }));
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+/// Deletes a user, their roles, groups and consents; their sessions end.
+#[utoipa::path(delete, path = "/admin/users/{username}", tag = "admin",
+    params(("username" = String, Path, description = "The user's name")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody),
+        (status = 409, description = "A user of the users file", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_user(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            sso.directory_user(&username).await?;
+            if !sso
+                .directory
+                .delete_user(&username)
+                .await
+                .map_err(unavailable)?
+            {
+                return Err(not_found());
+            }
+            Arc::clone(&sso).end_all_sessions_of(&username).await;
+            audit(json!({ "event": "admin_user_deleted", "by": admin.subject, "sub": username }));
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
 }
 
 /// Ends every SSO session of a user: the sessions' refresh tokens stop

@@ -12,8 +12,12 @@ use utoipa::{OpenApi, ToSchema};
     ),
     paths(crate::discovery, crate::jwks, crate::flow::authorize, crate::token, crate::userinfo,
         crate::introspect, crate::revoke, crate::flow::end_session,
+        crate::admin::list_users, crate::admin::create_user, crate::admin::get_user,
+        crate::admin::update_user, crate::admin::set_password, crate::admin::delete_user,
         crate::admin::end_user_sessions),
-    components(schemas(TokenForm, TokenResponse, OAuthErrorBody, TokenRequestForm, IntrospectionResponse)),
+    components(schemas(TokenForm, TokenResponse, OAuthErrorBody, TokenRequestForm, IntrospectionResponse,
+        crate::admin::UserView, crate::admin::UserPage, crate::admin::NewUser,
+        crate::admin::UserPatch, crate::admin::NewPassword)),
     tags((name = "oidc", description = "OpenID Connect and OAuth 2.0"),
         (name = "admin", description = "For operators: an access token with the admin role"))
 )]

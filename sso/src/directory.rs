@@ -28,6 +28,29 @@ pub enum DirectoryError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// A user as the admin API shows it.
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub user: User,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What an admin may change of a user (absent: unchanged).
+#[derive(Debug, Default)]
+pub struct UserChange {
+    pub email: Option<Option<String>>,
+    pub name: Option<Option<String>>,
+    pub roles: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+    pub disabled: Option<bool>,
+    pub password_hash: Option<String>,
+}
+
+/// Most users a page of the list holds.
+pub const MAX_PAGE: u32 = 500;
+
 /// What the rest of the SSO needs of the directory.
 #[async_trait]
 pub trait Directory: Send + Sync {
@@ -36,6 +59,21 @@ pub trait Directory: Send + Sync {
     /// Creates a user; `false` when the name is taken (atomically: two
     /// replicas cannot both create it).
     async fn create_user(&self, user: &User) -> Result<bool, DirectoryError>;
+    /// A user with its times.
+    async fn user_record(&self, username: &str) -> Result<Option<UserRecord>, DirectoryError>;
+    /// Users by name after `after` (keyset paging), whose name or email
+    /// contains `search`; at most `limit` ([`MAX_PAGE`]).
+    async fn users(
+        &self,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, DirectoryError>;
+    /// Applies a change; `false` when there is no such user.
+    async fn change_user(&self, username: &str, change: UserChange)
+        -> Result<bool, DirectoryError>;
+    /// `false` when there is no such user.
+    async fn delete_user(&self, username: &str) -> Result<bool, DirectoryError>;
     /// The scope a user granted a client, if any.
     async fn consent(
         &self,
@@ -139,6 +177,15 @@ impl SqlDirectory {
     }
 }
 
+/// `LIKE` text that matches `search` literally anywhere.
+fn like_pattern(search: &str) -> String {
+    let escaped = search
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 fn user_from(row: &AnyRow) -> Result<(String, User), sqlx::Error> {
     Ok((
         row.try_get("id")?,
@@ -210,6 +257,154 @@ impl Directory for SqlDirectory {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn user_record(&self, username: &str) -> Result<Option<UserRecord>, DirectoryError> {
+        let row = sqlx::query("SELECT created_at, updated_at FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let Some(user) = self.user(username).await? else {
+            return Ok(None);
+        };
+        Ok(Some(UserRecord {
+            user,
+            created_at: row.try_get(0)?,
+            updated_at: row.try_get(1)?,
+        }))
+    }
+
+    async fn users(
+        &self,
+        search: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, DirectoryError> {
+        // Case-insensitive in both databases (SQLite's LIKE is, PostgreSQL's
+        // is not).
+        let pattern = like_pattern(&search.unwrap_or("").to_lowercase());
+        let rows = sqlx::query(
+            "SELECT id, username, password_hash, email, name, disabled, created_at, updated_at \
+             FROM users WHERE username > $1 \
+             AND (LOWER(username) LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(email, '')) LIKE $2 ESCAPE '\\') \
+             ORDER BY username LIMIT $3",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(&pattern)
+        .bind(i64::from(limit.clamp(1, MAX_PAGE)))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (id, mut user) = user_from(row)?;
+            user.roles = self.names("user_roles", "role", &id).await?;
+            user.groups = self.names("user_groups", "group_name", &id).await?;
+            records.push(UserRecord {
+                user,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            });
+        }
+        Ok(records)
+    }
+
+    async fn change_user(
+        &self,
+        username: &str,
+        change: UserChange,
+    ) -> Result<bool, DirectoryError> {
+        let mut tx = self.pool.begin().await?;
+        let id: Option<String> = sqlx::query("SELECT id FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        let set =
+            |column: &str| format!("UPDATE users SET {column} = $1, updated_at = $2 WHERE id = $3");
+        let now = now();
+        if let Some(email) = change.email {
+            sqlx::query(&set("email"))
+                .bind(email)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(name) = change.name {
+            sqlx::query(&set("name"))
+                .bind(name)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(disabled) = change.disabled {
+            sqlx::query(&set("disabled"))
+                .bind(i64::from(disabled))
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(hash) = change.password_hash {
+            sqlx::query(&set("password_hash"))
+                .bind(hash)
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (table, column, values) in [
+            ("user_roles", "role", change.roles),
+            ("user_groups", "group_name", change.groups),
+        ] {
+            let Some(values) = values else { continue };
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            let mut unique = values;
+            unique.sort();
+            unique.dedup();
+            for value in unique {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (user_id, {column}) VALUES ($1, $2)"
+                ))
+                .bind(&id)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("UPDATE users SET updated_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_user(&self, username: &str) -> Result<bool, DirectoryError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM users WHERE username = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM consents WHERE subject = $1")
+            .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted > 0)
     }
 
     async fn consent(
@@ -294,5 +489,93 @@ mod tests {
             Some("openid profile")
         );
         assert_eq!(again.consent("alice", "other").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn users_change_list_by_pages_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("d.db").display());
+        let directory = SqlDirectory::open(&url, 4, Duration::from_secs(5))
+            .await
+            .unwrap();
+        for name in ["carol", "alice", "bob_1", "bob%2"] {
+            let mut user = alice();
+            user.username = name.into();
+            user.email = Some(format!("{name}@example.com"));
+            assert!(directory.create_user(&user).await.unwrap());
+        }
+        let names = |records: Vec<UserRecord>| -> Vec<String> {
+            records.into_iter().map(|r| r.user.username).collect()
+        };
+        assert_eq!(
+            names(directory.users(None, None, 2).await.unwrap()),
+            ["alice", "bob%2"]
+        );
+        assert_eq!(
+            names(directory.users(None, Some("bob%2"), 2).await.unwrap()),
+            ["bob_1", "carol"]
+        );
+        // `%` and `_` are literal in a search.
+        assert_eq!(
+            names(directory.users(Some("%"), None, 10).await.unwrap()),
+            ["bob%2"]
+        );
+        assert_eq!(
+            names(directory.users(Some("b_"), None, 10).await.unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(directory.users(Some("b_1"), None, 10).await.unwrap()),
+            ["bob_1"]
+        );
+
+        let changed = directory
+            .change_user(
+                "carol",
+                UserChange {
+                    name: Some(Some("Carol".into())),
+                    roles: Some(vec!["b".into(), "a".into(), "a".into()]),
+                    disabled: Some(true),
+                    ..UserChange::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(changed);
+        let carol = directory.user("carol").await.unwrap().unwrap();
+        assert_eq!(
+            (carol.name.as_deref(), carol.disabled),
+            (Some("Carol"), true)
+        );
+        assert_eq!(carol.roles, ["a", "b"]);
+        assert_eq!(carol.groups, ["ops"], "unchanged");
+        assert!(!directory
+            .change_user("nobody", UserChange::default())
+            .await
+            .unwrap());
+        directory
+            .grant_consent("carol", "web", "openid")
+            .await
+            .unwrap();
+        assert!(directory.delete_user("carol").await.unwrap());
+        assert!(!directory.delete_user("carol").await.unwrap());
+        assert!(directory.user("carol").await.unwrap().is_none());
+        assert_eq!(directory.consent("carol", "web").await.unwrap(), None);
+        // The name is free again, with nothing of the old account.
+        let mut fresh = alice();
+        fresh.username = "carol".into();
+        fresh.roles.clear();
+        assert!(directory.create_user(&fresh).await.unwrap());
+        assert!(directory
+            .user("carol")
+            .await
+            .unwrap()
+            .unwrap()
+            .roles
+            .is_empty());
+        assert_eq!(
+            names(directory.users(Some("CAROL"), None, 10).await.unwrap()),
+            ["carol"]
+        );
     }
 }

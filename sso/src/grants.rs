@@ -409,6 +409,15 @@ impl Sso {
         if self.family_revoked(&record.family).await? {
             return Err(invalid_grant("the grant was revoked"));
         }
+        // A user disabled or deleted since: no more tokens.
+        if self
+            .users
+            .get(&record.sub)
+            .await
+            .is_none_or(|user| user.disabled)
+        {
+            return Err(invalid_grant("the user is disabled or no longer exists"));
+        }
         let offline = record.scope.split(' ').any(|s| s == "offline_access");
         if let Some(sid) = record.sid.as_deref().filter(|_| !offline) {
             if self.session_ended(sid).await {

@@ -376,6 +376,20 @@ fn router(state: Shared) -> Router {
         .route(&format!("{base}/introspect"), post(introspect))
         .route(&format!("{base}/revoke"), post(revoke))
         .route(
+            &format!("{base}/admin/users"),
+            get(admin::list_users).post(admin::create_user),
+        )
+        .route(
+            &format!("{base}/admin/users/{{username}}"),
+            get(admin::get_user)
+                .patch(admin::update_user)
+                .delete(admin::delete_user),
+        )
+        .route(
+            &format!("{base}/admin/users/{{username}}/password"),
+            axum::routing::put(admin::set_password),
+        )
+        .route(
             &format!("{base}/admin/users/{{username}}/sessions"),
             axum::routing::delete(admin::end_user_sessions),
         )

@@ -52,6 +52,11 @@ impl Users {
         }
     }
 
+    /// Whether `username` is a user of the users file (read-only).
+    pub fn is_seed(&self, username: &str) -> bool {
+        self.by_name.contains_key(username)
+    }
+
     /// The seed users' names that the directory also has: each is a
     /// configuration error (one name, two accounts).
     pub async fn seeds_in_directory(&self) -> Result<Vec<String>, DirectoryError> {

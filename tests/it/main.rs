@@ -1,6 +1,7 @@
 //! Integration tests: the real `portcullis` binary against real backends
 //! and clients on loopback. One test binary, modules per area.
 
+mod admin;
 mod auth;
 mod cli;
 mod demo;

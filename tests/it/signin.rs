@@ -15,7 +15,7 @@ use crate::support::{client, eventually, free_port, Gateway, RedisServer};
 
 /// The status of `/app/items` at `gw` for a browser presenting `cookie`
 /// (200: signed in; 302: sent to sign in).
-async fn with_cookie(gw: &str, cookie: &str) -> u16 {
+pub(crate) async fn with_cookie(gw: &str, cookie: &str) -> u16 {
     Browser::http()
         .get(format!("{gw}/app/items"))
         .header("accept", "text/html")
@@ -44,17 +44,17 @@ async fn sign_in(browser: &Browser, begin: &str, finish: &str, sso: &SsoProcess)
 
 /// Two gateways (A, B) sharing sessions in `redis`, or one gateway with
 /// sessions in memory; the SSO's `gateway` client gets `client_extra`.
-struct Setup {
+pub(crate) struct Setup {
     _dir: tempfile::TempDir,
-    sso: SsoProcess,
-    gateways: Vec<String>,
+    pub(crate) sso: SsoProcess,
+    pub(crate) gateways: Vec<String>,
     _running: Vec<Gateway>,
     _redis: Option<RedisServer>,
     _backend: crate::support::Backend,
 }
 
 impl Setup {
-    async fn start(replicas: usize, client_extra: &str) -> Setup {
+    pub(crate) async fn start(replicas: usize, client_extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         write_users(dir.path());
         let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
@@ -87,7 +87,7 @@ impl Setup {
         }
     }
 
-    fn sso_log(&self) -> String {
+    pub(crate) fn sso_log(&self) -> String {
         self.sso.log(self._dir.path())
     }
 
@@ -285,10 +285,24 @@ async fn concurrent_requests_refresh_once_across_replicas() {
 
 /// Alice's tokens for the public `web-ui` client (login, consent, code).
 async fn web_ui_tokens(sso: &SsoProcess) -> Value {
+    web_ui_tokens_for(sso, "alice", "alice-password", "openid profile").await
+}
+
+/// A user's tokens for `web-ui` with `scope`.
+pub(crate) async fn web_ui_tokens_for(
+    sso: &SsoProcess,
+    username: &str,
+    password: &str,
+    scope: &str,
+) -> Value {
     let base = sso.issuer();
     let browser = Browser::default();
     let (verifier, challenge) = pkce();
-    let form = browser.get(&authorize_url(&base, &challenge)).await;
+    let url = authorize_url(&base, &challenge).replace(
+        "scope=openid%20profile",
+        &format!("scope={}", scope.replace(' ', "%20")),
+    );
+    let form = browser.get(&url).await;
     let html = form.text().await.unwrap();
     let consent = browser
         .post(
@@ -296,8 +310,8 @@ async fn web_ui_tokens(sso: &SsoProcess) -> Value {
             &[
                 ("request", &hidden(&html, "request")),
                 ("csrf", &hidden(&html, "csrf")),
-                ("username", "alice"),
-                ("password", "alice-password"),
+                ("username", username),
+                ("password", password),
             ],
         )
         .await;
@@ -308,7 +322,7 @@ async fn web_ui_tokens(sso: &SsoProcess) -> Value {
     tokens
 }
 
-async fn refresh(sso: &SsoProcess, refresh_token: &str) -> (u16, Value) {
+pub(crate) async fn refresh(sso: &SsoProcess, refresh_token: &str) -> (u16, Value) {
     let response = client()
         .post(sso.url("/token"))
         .form(&[
@@ -935,22 +949,8 @@ async fn an_admin_ending_a_users_sessions_signs_them_out_of_the_gateway() {
     let (laptop, phone) = (Browser::default(), Browser::default());
     sign_in(&laptop, &gws[0], &gws[1], &setup.sso).await;
     sign_in(&phone, &gws[1], &gws[0], &setup.sso).await;
-    let token = |id: &'static str, secret: &'static str| {
-        let url = setup.sso.url("/token");
-        async move {
-            let answer: Value = client()
-                .post(url)
-                .basic_auth(id, Some(secret))
-                .form(&[("grant_type", "client_credentials")])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            answer["access_token"].as_str().unwrap().to_owned()
-        }
-    };
+    let token =
+        |id: &'static str, secret: &'static str| crate::admin::token(&setup.sso, id, secret);
     let end = |bearer: Option<String>| {
         let url = setup.sso.url("/admin/users/alice/sessions");
         async move {

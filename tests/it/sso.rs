@@ -1692,13 +1692,34 @@ pub(crate) async fn alice_signs_in(
 /// Signs `browser` in through gateway `gw` (login page, SSO form) and
 /// returns the gateway's callback URL, not yet visited.
 pub(crate) async fn sign_in_at_sso(browser: &Browser, gw: &str, sso: &SsoProcess) -> String {
+    sign_in_as(browser, gw, sso, "alice", "alice-password").await
+}
+
+/// The same for any user.
+pub(crate) async fn sign_in_as(
+    browser: &Browser,
+    gw: &str,
+    sso: &SsoProcess,
+    username: &str,
+    password: &str,
+) -> String {
     let first = browser.navigate(&format!("{gw}/app/items")).await;
     assert_eq!(first.status(), 302);
     let to_login = first.headers()["location"].to_str().unwrap().to_owned();
     let to_sso = browser.navigate(&format!("{gw}{to_login}")).await;
     let authorize = to_sso.headers()["location"].to_str().unwrap().to_owned();
     let form = browser.navigate(&authorize).await.text().await.unwrap();
-    let back = alice_signs_in(browser, sso, &form).await;
+    let back = browser
+        .post(
+            &sso.url("/login"),
+            &[
+                ("request", &hidden(&form, "request")),
+                ("csrf", &hidden(&form, "csrf")),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await;
     assert_eq!(back.status(), 303);
     back.headers()["location"].to_str().unwrap().to_owned()
 }

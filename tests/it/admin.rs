@@ -1,0 +1,301 @@
+//! The SSO's admin API: every endpoint refused without a token (401) and
+//! without the admin role (403), and doing its job with it; paging and
+//! search; seed users read-only; disabling a user ends their gateway
+//! sessions by back-channel logout and refuses their next refresh.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::signin::{refresh, web_ui_tokens_for, with_cookie, Setup};
+use crate::sso::{hash, sign_in_as, Browser, SsoProcess};
+use crate::support::{client, eventually};
+
+/// An admin client (`ops`) after the gateway client in the SSO's list.
+fn ops_client() -> String {
+    format!(
+        "  - {{ client_id: ops, type: confidential, secret_hash: '{}', roles: [sso-admin] }}\n",
+        hash("ops-secret")
+    )
+}
+
+/// A client-credentials access token.
+pub(crate) async fn token(sso: &SsoProcess, id: &str, secret: &str) -> String {
+    let answer: Value = client()
+        .post(sso.url("/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn call(
+    sso: &SsoProcess,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    bearer: Option<&str>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client().request(method, sso.url(path));
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_endpoint_needs_the_admin_role_and_does_its_job() {
+    let setup = Setup::start(1, &ops_client()).await;
+    let sso = &setup.sso;
+    let admin = token(sso, "ops", "ops-secret").await;
+    let service = token(sso, "billing", "billing-secret").await;
+    let dora = json!({ "username": "dora", "password": "dora-password-1",
+        "email": "Dora@Example.com", "roles": ["staff"] });
+    // (method, path, body, status with the admin role, what the answer says)
+    type Case = (&'static str, &'static str, Option<Value>, u16, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/admin/users",
+            Some(dora.clone()),
+            201,
+            "\"source\":\"directory\"",
+        ),
+        ("POST", "/admin/users", Some(dora.clone()), 409, "taken"),
+        (
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "eve", "password": "short"})),
+            400,
+            "at least 12",
+        ),
+        (
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "x", "password": "long-enough-pw"})),
+            400,
+            "3 to 64",
+        ),
+        (
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "alice", "password": "long-enough-pw"})),
+            409,
+            "taken",
+        ),
+        (
+            "POST",
+            "/admin/users",
+            Some(json!({"username": "fay", "password": "long-enough-pw", "admin": true})),
+            400,
+            "unknown field",
+        ),
+        ("GET", "/admin/users", None, 200, "\"username\":\"dora\""),
+        (
+            "GET",
+            "/admin/users?search=EXAMPLE.COM",
+            None,
+            200,
+            "\"username\":\"dora\"",
+        ),
+        ("GET", "/admin/users?search=zzz", None, 200, "\"users\":[]"),
+        (
+            "GET",
+            "/admin/users/dora",
+            None,
+            200,
+            "\"email\":\"Dora@Example.com\"",
+        ),
+        (
+            "GET",
+            "/admin/users/alice",
+            None,
+            200,
+            "\"source\":\"file\"",
+        ),
+        ("GET", "/admin/users/nobody", None, 404, "not_found"),
+        (
+            "PATCH",
+            "/admin/users/dora",
+            Some(json!({"name": "Dora", "roles": ["b", "a"], "email": null})),
+            200,
+            "\"roles\":[\"a\",\"b\"]",
+        ),
+        (
+            "PATCH",
+            "/admin/users/alice",
+            Some(json!({"name": "Al"})),
+            409,
+            "read_only",
+        ),
+        (
+            "PATCH",
+            "/admin/users/nobody",
+            Some(json!({"name": "N"})),
+            404,
+            "not_found",
+        ),
+        (
+            "PUT",
+            "/admin/users/dora/password",
+            Some(json!({"password": "another-password-2"})),
+            204,
+            "",
+        ),
+        (
+            "PUT",
+            "/admin/users/dora/password",
+            Some(json!({"password": "short"})),
+            400,
+            "at least 12",
+        ),
+        (
+            "DELETE",
+            "/admin/users/dora/sessions",
+            None,
+            200,
+            "\"ended\":0",
+        ),
+        ("DELETE", "/admin/users/alice", None, 409, "read_only"),
+        ("DELETE", "/admin/users/dora", None, 204, ""),
+        ("GET", "/admin/users/dora", None, 404, "not_found"),
+        ("DELETE", "/admin/users/dora", None, 404, "not_found"),
+    ];
+    for (i, (method, path, body, want, says)) in cases.iter().enumerate() {
+        let (status, answer) = call(sso, method, path, body.as_ref(), None).await;
+        assert_eq!(status, 401, "case {i} {method} {path}: no token: {answer}");
+        let (status, answer) = call(sso, method, path, body.as_ref(), Some(&service)).await;
+        assert_eq!(
+            status, 403,
+            "case {i} {method} {path}: not an admin: {answer}"
+        );
+        let (status, answer) = call(sso, method, path, body.as_ref(), Some(&admin)).await;
+        assert_eq!(status, *want, "case {i} {method} {path}: {answer}");
+        assert!(
+            answer.to_string().contains(says),
+            "case {i} {method} {path}: {answer}"
+        );
+        assert!(
+            !answer.to_string().contains("argon2"),
+            "case {i}: no hash shown"
+        );
+    }
+    // Paging: keyset by name, `next` until the last page.
+    for name in ["page1", "page2", "page3", "page4", "page5"] {
+        let body = json!({ "username": name, "password": "paging-password" });
+        assert_eq!(
+            call(sso, "POST", "/admin/users", Some(&body), Some(&admin))
+                .await
+                .0,
+            201
+        );
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for _ in 0..5 {
+        let (status, page) = call(
+            sso,
+            "GET",
+            &format!("/admin/users?limit=2&after={after}"),
+            None,
+            Some(&admin),
+        )
+        .await;
+        assert_eq!(status, 200);
+        for user in page["users"].as_array().unwrap() {
+            seen.push(user["username"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["page1", "page2", "page3", "page4", "page5"]);
+    let log = setup.sso_log();
+    for event in [
+        "admin_user_created",
+        "admin_user_changed",
+        "admin_password_set",
+        "admin_user_deleted",
+        "admin_refused",
+    ] {
+        assert!(log.contains(event), "audit {event}");
+    }
+    assert!(!log.contains("dora-password-1"), "no password in the log");
+}
+
+/// Disabling a user signs them out of the gateway on both replicas
+/// (back-channel logout) and refuses their next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_user_ends_their_sessions_and_refreshes() {
+    let setup = Setup::start(2, &ops_client()).await;
+    let (sso, gws) = (&setup.sso, setup.gateways.clone());
+    let admin = token(sso, "ops", "ops-secret").await;
+    let dora = json!({ "username": "dora", "password": "dora-password-1", "roles": ["admin"] });
+    assert_eq!(
+        call(sso, "POST", "/admin/users", Some(&dora), Some(&admin))
+            .await
+            .0,
+        201
+    );
+    let browser = Browser::default();
+    let callback = sign_in_as(&browser, &gws[0], sso, "dora", "dora-password-1").await;
+    assert_eq!(browser.navigate(&callback).await.status(), 302);
+    let cookie = browser.cookie_header();
+    for gw in &gws {
+        assert_eq!(with_cookie(gw, &cookie).await, 200, "{gw}");
+    }
+    // An offline grant of hers (it outlives her sessions by design): only
+    // her being disabled can stop it.
+    let offline = web_ui_tokens_for(sso, "dora", "dora-password-1", "openid offline_access").await;
+    let refresh_token = offline["refresh_token"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        sso,
+        "PATCH",
+        "/admin/users/dora",
+        Some(&json!({ "disabled": true })),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for gw in &gws {
+        let ended = eventually(Duration::from_secs(1), || async {
+            with_cookie(gw, &cookie).await == 302
+        })
+        .await;
+        assert!(ended, "{gw} still serves a disabled user's session");
+    }
+    let (status, answer) = refresh(sso, &refresh_token).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{answer}"
+    );
+    // Enabled again, the offline grant works again (it was not revoked,
+    // only refused while she was disabled).
+    let enable = json!({ "disabled": false });
+    assert_eq!(
+        call(
+            sso,
+            "PATCH",
+            "/admin/users/dora",
+            Some(&enable),
+            Some(&admin)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(refresh(sso, &refresh_token).await.0, 200);
+}
