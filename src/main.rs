@@ -85,6 +85,18 @@ enum SsoCommand {
         #[arg(short, long, env = "PORTCULLIS_SSO_CONFIG")]
         config: PathBuf,
     },
+    /// Manage the directory's users from the command line (on the database
+    /// directly: no running SSO needed; bootstraps the first admin).
+    /// Exit codes: 0 done, 1 the database failed, 2 invalid config or
+    /// arguments, 3 refused (name taken, no such user, a user of the users
+    /// file, a short password). Passwords are read from stdin.
+    Admin {
+        /// SSO config file (YAML).
+        #[arg(short, long, env = "PORTCULLIS_SSO_CONFIG")]
+        config: PathBuf,
+        #[command(subcommand)]
+        what: AdminWhat,
+    },
     /// Create or upgrade the directory's schema and exit (the SSO also does
     /// it at start): 0 done, 1 the database failed, 2 invalid config.
     Migrate {
@@ -92,6 +104,49 @@ enum SsoCommand {
         #[arg(short, long, env = "PORTCULLIS_SSO_CONFIG")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminWhat {
+    /// Users of the directory.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user (password on stdin); `--role sso-admin` makes the
+    /// first admin.
+    Add {
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Display name.
+        #[arg(long = "display-name")]
+        display_name: Option<String>,
+        /// A role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// A group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List users (tab-separated), optionally those whose name or email
+    /// contains SEARCH.
+    List {
+        #[arg(long)]
+        search: Option<String>,
+    },
+    /// Disable a user: no sign-in, no refresh.
+    Disable { username: String },
+    /// Enable a disabled user.
+    Enable { username: String },
+    /// Set a user's password (on stdin).
+    Passwd { username: String },
+    /// Delete a user, their roles, groups and consents.
+    Delete { username: String },
 }
 
 #[derive(Subcommand)]
@@ -163,20 +218,18 @@ fn main() -> ExitCode {
             }
         },
         Command::Sso {
+            command: Some(SsoCommand::Admin { config, what }),
+            ..
+        } => sso_admin(&config, what),
+        Command::Sso {
             command: Some(SsoCommand::HashPassword),
             ..
         } => {
-            let mut secret = String::new();
-            if std::io::stdin().read_line(&mut secret).is_err() {
-                eprintln!("portcullis sso hash-password: cannot read stdin");
-                return ExitCode::from(EXIT_RUNTIME);
-            }
-            let secret = secret.trim_end_matches(['\r', '\n']);
-            if secret.is_empty() {
-                eprintln!("portcullis sso hash-password: give the secret on stdin");
-                return ExitCode::from(EXIT_INVALID);
-            }
-            match portcullis_sso::hash_secret(secret) {
+            let secret = match secret_from_stdin("portcullis sso hash-password") {
+                Ok(secret) => secret,
+                Err(code) => return code,
+            };
+            match portcullis_sso::hash_secret(&secret) {
                 Ok(hash) => {
                     println!("{hash}");
                     ExitCode::SUCCESS
@@ -295,6 +348,82 @@ fn main() -> ExitCode {
 }
 
 /// Loads an SSO config and its users file; a one-line summary.
+/// The first line of stdin (a password or secret): exit 1 when stdin
+/// cannot be read, 2 when it is empty.
+fn secret_from_stdin(name: &str) -> Result<String, ExitCode> {
+    let mut secret = String::new();
+    if std::io::stdin().read_line(&mut secret).is_err() {
+        eprintln!("{name}: cannot read stdin");
+        return Err(ExitCode::from(EXIT_RUNTIME));
+    }
+    let secret = secret.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        eprintln!("{name}: give the secret on stdin");
+        return Err(ExitCode::from(EXIT_INVALID));
+    }
+    Ok(secret.to_owned())
+}
+
+fn sso_admin(path: &std::path::Path, what: AdminWhat) -> ExitCode {
+    use portcullis_sso::AdminCommand;
+    const NAME: &str = "portcullis sso admin";
+    let config = match portcullis_config::load_sso(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let AdminWhat::User { command } = what;
+    let command = match command {
+        UserCommand::Add {
+            username,
+            email,
+            display_name,
+            roles,
+            groups,
+        } => match secret_from_stdin(NAME) {
+            Ok(password) => AdminCommand::AddUser {
+                user: portcullis_config::sso::User {
+                    username,
+                    password_hash: String::new(),
+                    email,
+                    name: display_name,
+                    roles,
+                    groups,
+                    disabled: false,
+                },
+                password,
+            },
+            Err(code) => return code,
+        },
+        UserCommand::List { search } => AdminCommand::ListUsers { search },
+        UserCommand::Disable { username } => AdminCommand::SetDisabled {
+            username,
+            disabled: true,
+        },
+        UserCommand::Enable { username } => AdminCommand::SetDisabled {
+            username,
+            disabled: false,
+        },
+        UserCommand::Passwd { username } => match secret_from_stdin(NAME) {
+            Ok(password) => AdminCommand::SetPassword { username, password },
+            Err(code) => return code,
+        },
+        UserCommand::Delete { username } => AdminCommand::DeleteUser { username },
+    };
+    match portcullis_sso::admin(&config, path, command) {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 /// Loads an SSO config (exit 2 when invalid) and runs `action` on it
 /// (exit 1 when it fails, with `name` and the cause).
 fn on_sso_config(

@@ -9,7 +9,8 @@
 //! - `grants`: the token endpoint (code + PKCE, refresh with rotation and
 //!   reuse detection, client credentials);
 //! - `introspect`: userinfo, introspection, revocation;
-//! - `admin`: the admin API (ending a user's sessions);
+//! - `admin`: the admin API (users, their sessions);
+//! - `admin_cli`: `portcullis sso admin`, on the directory directly;
 //! - `backchannel`: logout tokens to clients when a session ends;
 //! - `directory`: users, roles and consents in SQLite or PostgreSQL;
 //! - `store`: codes, sessions, refresh tokens in memory or Redis.
@@ -17,6 +18,7 @@
 //! Every endpoint sits under the issuer's path.
 
 mod admin;
+mod admin_cli;
 mod api_doc;
 mod backchannel;
 mod clients;
@@ -43,6 +45,7 @@ use axum::{Form, Json, Router};
 use portcullis_config::sso::SsoConfig;
 use serde_json::json;
 
+pub use admin_cli::{admin, AdminCliError, AdminCommand};
 use clients::Clients;
 pub use clients::{hash_secret, verify_secret};
 pub use keys::{KeyStore, Schedule};

@@ -174,3 +174,132 @@ fn sso_migrate_creates_the_schema_and_says_why_it_cannot() {
         "{out}"
     );
 }
+
+/// `portcullis sso admin user …` with `input` on stdin: exit code and output.
+fn sso_admin(config: &std::path::Path, args: &[&str], input: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .args(["sso", "admin", "-c"])
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr),
+    )
+}
+
+/// The first admin of an empty directory comes from the command line, and
+/// can then use the admin API; the CLI manages users with documented exit
+/// codes (issue 13, acceptance 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_bootstraps_the_first_admin_and_manages_users() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let path = dir.path().join("admin.yaml");
+    std::fs::write(&path, config().replace("{PORT}", &port.to_string())).unwrap();
+    let add = [
+        "user",
+        "add",
+        "root",
+        "--role",
+        "sso-admin",
+        "--email",
+        "root@example.com",
+    ];
+    let (code, out) = sso_admin(&path, &add, "root-password-1\n");
+    assert_eq!((code, out.trim()), (Some(0), "root: created"));
+    for (args, input, want_code, says) in [
+        (&add[..], "root-password-1\n", 3, "`root` is taken"),
+        (
+            &["user", "add", "alice"][..],
+            "alice-password-2\n",
+            3,
+            "in the users file",
+        ),
+        (
+            &["user", "add", "shorty"][..],
+            "short\n",
+            3,
+            "at least 12 characters",
+        ),
+        (
+            &["user", "add", "empty"][..],
+            "\n",
+            2,
+            "give the secret on stdin",
+        ),
+        (
+            &["user", "disable", "nobody"][..],
+            "",
+            3,
+            "no user `nobody`",
+        ),
+        (
+            &["user", "disable", "alice"][..],
+            "",
+            3,
+            "in the users file",
+        ),
+        (
+            &["user", "frobnicate"][..],
+            "",
+            2,
+            "unrecognized subcommand",
+        ),
+    ] {
+        let (code, out) = sso_admin(&path, args, input);
+        assert_eq!(code, Some(want_code), "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    let (code, out) = sso_admin(&path, &["user", "list"], "");
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("root\troot@example.com\tsso-admin\tfalse"),
+        "{out}"
+    );
+
+    // The bootstrapped admin signs in and uses the admin API.
+    let sso = SsoProcess::start(dir.path(), &config(), port).await;
+    let tokens =
+        crate::signin::web_ui_tokens_for(&sso, "root", "root-password-1", "openid profile").await;
+    let listed = crate::support::client()
+        .get(sso.url("/admin/users"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    drop(sso);
+
+    for (args, input, says) in [
+        (&["user", "disable", "root"][..], "", "root: disabled"),
+        (&["user", "enable", "root"][..], "", "root: enabled"),
+        (
+            &["user", "passwd", "root"][..],
+            "another-password-3\n",
+            "root: password set",
+        ),
+        (&["user", "delete", "root"][..], "", "root: deleted"),
+    ] {
+        let (code, out) = sso_admin(&path, args, input);
+        assert_eq!((code, out.trim()), (Some(0), says), "{args:?}");
+    }
+    let (_, out) = sso_admin(&path, &["user", "list"], "");
+    assert_eq!(out.trim(), "username\temail\troles\tdisabled");
+    std::fs::write(&path, "issuer: nope\n").unwrap();
+    assert_eq!(sso_admin(&path, &["user", "list"], "").0, Some(2));
+}
