@@ -632,64 +632,106 @@ impl Checker<'_> {
                     format!("empty or duplicate client id `{}`", client.client_id),
                 );
             }
-            match (client.client_type, &client.secret_hash) {
-                (ClientType::Public, Some(_)) => {
-                    self.problem(at.child_key("secret_hash"), "a public client has no secret")
+            for problem in client_problems(client) {
+                let mut key = at.child_key(problem.field);
+                if let Some(index) = problem.index {
+                    key = key.child_index(index);
                 }
-                (ClientType::Confidential, None) if client.jwks.is_empty() => self.problem(
-                    at.child_key("secret_hash"),
-                    "a confidential client needs `secret_hash` (portcullis sso hash-password) or `jwks`",
-                ),
-                (ClientType::Confidential, Some(hash)) if !hash.starts_with("$argon2id$") => self
-                    .problem(
-                        at.child_key("secret_hash"),
-                        "must be an argon2id hash (`$argon2id$...`), never the secret itself",
-                    ),
-                _ => {}
-            }
-            for (j, jwk) in client.jwks.iter().enumerate() {
-                if jwk.get("kty").and_then(|k| k.as_str()).is_none() || jwk.get("d").is_some() {
-                    self.problem(
-                        at.child_key("jwks").child_index(j),
-                        "must be a public JWK (with `kty`, without private parts)",
-                    );
-                }
-            }
-            let grants = client.grants();
-            if client.client_type == ClientType::Public
-                && grants.contains(&GrantType::ClientCredentials)
-            {
-                self.problem(
-                    at.child_key("grant_types"),
-                    "a public client cannot use client_credentials",
-                );
-            }
-            if grants.contains(&GrantType::AuthorizationCode) && client.redirect_uris.is_empty() {
-                self.problem(
-                    at.child_key("redirect_uris"),
-                    "authorization_code needs at least one redirect URI",
-                );
-            }
-            for (j, uri) in client.redirect_uris.iter().enumerate() {
-                if uri.contains('#') || !uri.contains("://") {
-                    self.problem(
-                        at.child_key("redirect_uris").child_index(j),
-                        "must be an absolute URI without a fragment",
-                    );
-                }
-            }
-            if let Some(uri) = &client.backchannel_logout_uri {
-                // Back-Channel Logout 1.0 §2.2: absolute http(s), no fragment.
-                if uri.contains('#') || !(uri.starts_with("https://") || uri.starts_with("http://"))
-                {
-                    self.problem(
-                        at.child_key("backchannel_logout_uri"),
-                        "must be an absolute http(s) URI without a fragment",
-                    );
-                }
+                self.problem(key, problem.message);
             }
         }
     }
+}
+
+/// A problem with one client's definition: the field (and list index) and
+/// what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientProblem {
+    pub field: &'static str,
+    pub index: Option<usize>,
+    pub message: &'static str,
+}
+
+/// What is wrong with a client's definition, from the config file or the
+/// admin API alike.
+pub fn client_problems(client: &Client) -> Vec<ClientProblem> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &'static str, index: Option<usize>, message: &'static str| {
+        problems.push(ClientProblem {
+            field,
+            index,
+            message,
+        })
+    };
+    match (client.client_type, &client.secret_hash) {
+        (ClientType::Public, Some(_)) => {
+            problem("secret_hash", None, "a public client has no secret")
+        }
+        (ClientType::Confidential, None) if client.jwks.is_empty() => problem(
+            "secret_hash",
+            None,
+            "a confidential client needs `secret_hash` (portcullis sso hash-password) or `jwks`",
+        ),
+        (ClientType::Confidential, Some(hash)) if !hash.starts_with("$argon2id$") => problem(
+            "secret_hash",
+            None,
+            "must be an argon2id hash (`$argon2id$...`), never the secret itself",
+        ),
+        _ => {}
+    }
+    for (j, jwk) in client.jwks.iter().enumerate() {
+        if jwk.get("kty").and_then(|k| k.as_str()).is_none() || jwk.get("d").is_some() {
+            problem(
+                "jwks",
+                Some(j),
+                "must be a public JWK (with `kty`, without private parts)",
+            );
+        }
+    }
+    let grants = client.grants();
+    if client.client_type == ClientType::Public && grants.contains(&GrantType::ClientCredentials) {
+        problem(
+            "grant_types",
+            None,
+            "a public client cannot use client_credentials",
+        );
+    }
+    if grants.contains(&GrantType::AuthorizationCode) && client.redirect_uris.is_empty() {
+        problem(
+            "redirect_uris",
+            None,
+            "authorization_code needs at least one redirect URI",
+        );
+    }
+    for (j, uri) in client.redirect_uris.iter().enumerate() {
+        if uri.contains('#') || !uri.contains("://") {
+            problem(
+                "redirect_uris",
+                Some(j),
+                "must be an absolute URI without a fragment",
+            );
+        }
+    }
+    for (j, uri) in client.post_logout_redirect_uris.iter().enumerate() {
+        if uri.contains('#') || !uri.contains("://") {
+            problem(
+                "post_logout_redirect_uris",
+                Some(j),
+                "must be an absolute URI without a fragment",
+            );
+        }
+    }
+    if let Some(uri) = &client.backchannel_logout_uri {
+        // Back-Channel Logout 1.0 §2.2: absolute http(s), no fragment.
+        if uri.contains('#') || !(uri.starts_with("https://") || uri.starts_with("http://")) {
+            problem(
+                "backchannel_logout_uri",
+                None,
+                "must be an absolute http(s) URI without a fragment",
+            );
+        }
+    }
+    problems
 }
 
 /// The users file (`users.file`).

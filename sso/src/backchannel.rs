@@ -123,15 +123,18 @@ impl Sso {
             Ok(Some(Value::Array(items))) => items,
             _ => return,
         };
-        let targets: Vec<(String, String, String)> = clients
-            .iter()
-            .filter_map(|id| self.clients.get(id.as_str()?))
-            .filter_map(|client| {
-                let uri = client.backchannel_logout_uri.clone()?;
-                let token = self.logout_token(&client, sid, sub)?;
-                Some((client.client_id.clone(), uri, token))
-            })
-            .collect();
+        let mut targets: Vec<(String, String, String)> = Vec::new();
+        for id in clients.iter().filter_map(|id| id.as_str()) {
+            let Some(client) = self.client(id).await else {
+                continue;
+            };
+            let Some(uri) = client.backchannel_logout_uri.clone() else {
+                continue;
+            };
+            if let Some(token) = self.logout_token(&client, sid, sub) {
+                targets.push((client.client_id.clone(), uri, token));
+            }
+        }
         if targets.is_empty() {
             return;
         }

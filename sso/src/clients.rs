@@ -47,6 +47,21 @@ pub struct Presented {
 }
 
 impl crate::Sso {
+    /// A client: of the config file, else registered at run time (in the
+    /// directory; a directory failure reads as unknown, logged).
+    pub async fn client(&self, client_id: &str) -> Option<Arc<Client>> {
+        if let Some(client) = self.clients.get(client_id) {
+            return Some(client);
+        }
+        match self.directory.client(client_id).await {
+            Ok(client) => client.map(Arc::new),
+            Err(e) => {
+                log::error!("{e}");
+                None
+            }
+        }
+    }
+
     /// Authenticates the client of a back-channel request: a signed JWT
     /// (`private_key_jwt`, RFC 7523 §2.2), a secret (Basic or form), or
     /// only its id for a public client.
@@ -56,10 +71,9 @@ impl crate::Sso {
         auth: ClientAuth<'_>,
     ) -> Result<Arc<Client>, OAuthError> {
         let Some(assertion) = auth.assertion else {
-            return self
-                .clients
-                .authenticate(headers, auth.client_id, auth.client_secret)
-                .await;
+            let presented = presented(headers, auth.client_id, auth.client_secret)?;
+            let client = self.client(&presented.client_id).await;
+            return self.clients.verify(client, presented).await;
         };
         let failed = || OAuthError::invalid_client("client authentication failed");
         if auth.assertion_type != Some(JWT_BEARER) {
@@ -87,7 +101,7 @@ impl crate::Sso {
         if auth.client_id.is_some_and(|id| id != client_id) {
             return Err(OAuthError::invalid_client("client ids differ"));
         }
-        let client = self.clients.get(client_id).ok_or_else(failed)?;
+        let client = self.client(client_id).await.ok_or_else(failed)?;
         let header = jsonwebtoken::decode_header(assertion).map_err(|_| failed())?;
         let key = client
             .jwks
@@ -161,40 +175,19 @@ impl Clients {
         }
     }
 
+    /// A client of the config file.
     pub fn get(&self, client_id: &str) -> Option<Arc<Client>> {
         self.by_id.get(client_id).cloned()
     }
 
-    /// Authenticates a token-endpoint request. Public clients present only
-    /// their id; confidential ones must present the right secret, by one
-    /// method only.
-    pub async fn authenticate(
+    /// Checks the presented credentials against `client` (looked up by
+    /// the presented id). Public clients present only their id;
+    /// confidential ones must present the right secret.
+    pub async fn verify(
         &self,
-        headers: &HeaderMap,
-        form_id: Option<&str>,
-        form_secret: Option<&str>,
+        client: Option<Arc<Client>>,
+        presented: Presented,
     ) -> Result<Arc<Client>, OAuthError> {
-        let basic = basic_credentials(headers)?;
-        let presented = match (basic, form_secret) {
-            (Some(_), Some(_)) => {
-                return Err(OAuthError::invalid_client(
-                    "use one client authentication method",
-                ))
-            }
-            (Some(basic), None) => basic,
-            (None, secret) => Presented {
-                client_id: form_id
-                    .ok_or_else(|| OAuthError::invalid_client("client authentication required"))?
-                    .to_owned(),
-                secret: secret.map(str::to_owned),
-            },
-        };
-        if let (Some(form_id), false) = (form_id, presented.secret.is_none()) {
-            if form_id != presented.client_id {
-                return Err(OAuthError::invalid_client("client ids differ"));
-            }
-        }
-        let client = self.get(&presented.client_id);
         match (client, presented.secret) {
             (Some(client), None) if client.client_type == ClientType::Public => Ok(client),
             (Some(client), Some(secret)) if client.client_type == ClientType::Confidential => {
@@ -242,6 +235,36 @@ impl Clients {
         }
         verified.insert(key, std::time::Instant::now());
     }
+}
+
+/// The credentials a token-endpoint request presents, by one method only
+/// (Basic, or the form).
+fn presented(
+    headers: &HeaderMap,
+    form_id: Option<&str>,
+    form_secret: Option<&str>,
+) -> Result<Presented, OAuthError> {
+    let basic = basic_credentials(headers)?;
+    let presented = match (basic, form_secret) {
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::invalid_client(
+                "use one client authentication method",
+            ))
+        }
+        (Some(basic), None) => basic,
+        (None, secret) => Presented {
+            client_id: form_id
+                .ok_or_else(|| OAuthError::invalid_client("client authentication required"))?
+                .to_owned(),
+            secret: secret.map(str::to_owned),
+        },
+    };
+    if let (Some(form_id), false) = (form_id, presented.secret.is_none()) {
+        if form_id != presented.client_id {
+            return Err(OAuthError::invalid_client("client ids differ"));
+        }
+    }
+    Ok(presented)
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Result<Option<Presented>, OAuthError> {

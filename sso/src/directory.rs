@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use portcullis_config::sso::User;
+use portcullis_config::sso::{Client, User};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::Row;
@@ -26,6 +26,8 @@ pub enum DirectoryError {
     Database(#[from] sqlx::Error),
     #[error("directory migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("directory: a stored client does not read: {0}")]
+    Client(#[from] serde_json::Error),
 }
 
 /// A user as the admin API shows it.
@@ -74,6 +76,17 @@ pub trait Directory: Send + Sync {
         -> Result<bool, DirectoryError>;
     /// `false` when there is no such user.
     async fn delete_user(&self, username: &str) -> Result<bool, DirectoryError>;
+    /// A client registered at run time.
+    async fn client(&self, client_id: &str) -> Result<Option<Client>, DirectoryError>;
+    /// Clients by id after `after`, at most `limit`.
+    async fn clients(&self, after: Option<&str>, limit: u32)
+        -> Result<Vec<Client>, DirectoryError>;
+    /// `false` when the id is taken.
+    async fn create_client(&self, client: &Client) -> Result<bool, DirectoryError>;
+    /// `false` when there is no such client.
+    async fn replace_client(&self, client: &Client) -> Result<bool, DirectoryError>;
+    /// `false` when there is no such client.
+    async fn delete_client(&self, client_id: &str) -> Result<bool, DirectoryError>;
     /// The scope a user granted a client, if any.
     async fn consent(
         &self,
@@ -89,11 +102,14 @@ pub trait Directory: Send + Sync {
 }
 
 /// The schema's versions, oldest first.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "directory",
-    include_str!("../migrations/0001_directory.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "directory",
+        include_str!("../migrations/0001_directory.sql"),
+    ),
+    (2, "clients", include_str!("../migrations/0002_clients.sql")),
+];
 
 fn migrator() -> Migrator {
     Migrator {
@@ -401,6 +417,76 @@ impl Directory for SqlDirectory {
             .rows_affected();
         sqlx::query("DELETE FROM consents WHERE subject = $1")
             .bind(username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    async fn client(&self, client_id: &str) -> Result<Option<Client>, DirectoryError> {
+        let row = sqlx::query("SELECT definition FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn clients(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Client>, DirectoryError> {
+        let rows = sqlx::query(
+            "SELECT definition FROM clients WHERE client_id > $1 ORDER BY client_id LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit.clamp(1, MAX_PAGE)))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(serde_json::from_str(&row.try_get::<String, _>(0)?)?))
+            .collect()
+    }
+
+    async fn create_client(&self, client: &Client) -> Result<bool, DirectoryError> {
+        let inserted = sqlx::query(
+            "INSERT INTO clients (client_id, definition, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        )
+        .bind(&client.client_id)
+        .bind(serde_json::to_string(client)?)
+        .bind(now())
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(e) if Self::is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn replace_client(&self, client: &Client) -> Result<bool, DirectoryError> {
+        let done =
+            sqlx::query("UPDATE clients SET definition = $1, updated_at = $2 WHERE client_id = $3")
+                .bind(serde_json::to_string(client)?)
+                .bind(now())
+                .bind(&client.client_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_client(&self, client_id: &str) -> Result<bool, DirectoryError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM consents WHERE client_id = $1")
+            .bind(client_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -402,11 +402,11 @@ pub async fn authorize(
 ) -> Response {
     // The client and its redirect URI first: until both are known good,
     // nothing is redirected anywhere.
-    let Some(client) = query
-        .client_id
-        .as_deref()
-        .and_then(|id| sso.clients.get(id))
-    else {
+    let client = match query.client_id.as_deref() {
+        Some(id) => sso.client(id).await,
+        None => None,
+    };
+    let Some(client) = client else {
         return sso.message_page(
             StatusCode::BAD_REQUEST,
             "Unknown application",
@@ -562,7 +562,7 @@ pub async fn login(
         Ok(pending) => pending,
         Err(page) => return page,
     };
-    let Some(client) = sso.clients.get(&pending.client_id) else {
+    let Some(client) = sso.client(&pending.client_id).await else {
         return sso.message_page(StatusCode::BAD_REQUEST, "Unknown application", "");
     };
     let ip = sso.client_ip(peer.ip(), &headers);
@@ -731,7 +731,10 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
         .as_ref()
         .and_then(|c| c["aud"].as_str().map(str::to_owned));
     let client_id = query.client_id.clone().or(hinted_client);
-    let client = client_id.as_deref().and_then(|id| sso.clients.get(id));
+    let client = match client_id.as_deref() {
+        Some(id) => sso.client(id).await,
+        None => None,
+    };
     let redirect = match (&query.post_logout_redirect_uri, &client) {
         (Some(uri), Some(client)) if client.post_logout_redirect_uris.iter().any(|r| r == uri) => {
             Some(uri.clone())

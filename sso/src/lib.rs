@@ -396,6 +396,20 @@ fn router(state: Shared) -> Router {
             &format!("{base}/admin/users/{{username}}/sessions"),
             axum::routing::delete(admin::end_user_sessions),
         )
+        .route(
+            &format!("{base}/admin/clients"),
+            get(admin::list_clients).post(admin::create_client),
+        )
+        .route(
+            &format!("{base}/admin/clients/{{client_id}}"),
+            get(admin::get_client)
+                .patch(admin::update_client)
+                .delete(admin::delete_client),
+        )
+        .route(
+            &format!("{base}/admin/clients/{{client_id}}/secret"),
+            post(admin::rotate_client_secret),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -206,7 +206,10 @@ pub async fn submit(
         "" => None,
         id => sso.load_pending(id).await,
     };
-    let client = pending.as_ref().and_then(|p| sso.clients.get(&p.client_id));
+    let client = match &pending {
+        Some(p) => sso.client(&p.client_id).await,
+        None => None,
+    };
     match (&pending, &client) {
         (Some(pending), Some(client)) => {
             sso.signed_in(&user.username, Some((&form.request, pending, client)))

@@ -299,3 +299,195 @@ async fn disabling_a_user_ends_their_sessions_and_refreshes() {
     );
     assert_eq!(refresh(sso, &refresh_token).await.0, 200);
 }
+
+/// Clients registered at run time: every endpoint refused without the
+/// admin role; a confidential client created through the API (its secret
+/// shown once) completes code + PKCE and a refresh with openid-client;
+/// a rotated secret replaces the old at once; a deleted client is unknown
+/// (issue 13, acceptance 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_registered_through_the_api_sign_users_in() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::sso::write_users(dir.path());
+    let port = crate::support::free_port();
+    let config = crate::sso::config() + &ops_client();
+    let sso = SsoProcess::start(dir.path(), &config, port).await;
+    let admin = token(&sso, "ops", "ops-secret").await;
+    let service = token(&sso, "billing", "billing-secret").await;
+    let callback = "http://127.0.0.1:1/app-callback";
+    let app = json!({ "client_id": "new-app", "type": "confidential", "name": "New app",
+        "redirect_uris": [callback], "grant_types": ["authorization_code", "refresh_token"] });
+    let endpoints: [(&str, &str, Option<Value>); 6] = [
+        ("POST", "/admin/clients", Some(app.clone())),
+        ("GET", "/admin/clients", None),
+        ("GET", "/admin/clients/new-app", None),
+        (
+            "PATCH",
+            "/admin/clients/new-app",
+            Some(json!({ "name": "x" })),
+        ),
+        ("POST", "/admin/clients/new-app/secret", None),
+        ("DELETE", "/admin/clients/new-app", None),
+    ];
+    for (method, path, body) in &endpoints {
+        assert_eq!(
+            call(&sso, method, path, body.as_ref(), None).await.0,
+            401,
+            "{method} {path}"
+        );
+        let (status, _) = call(&sso, method, path, body.as_ref(), Some(&service)).await;
+        assert_eq!(status, 403, "{method} {path}");
+    }
+
+    let (status, created) = call(&sso, "POST", "/admin/clients", Some(&app), Some(&admin)).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["client_secret"].as_str().unwrap().to_owned();
+    assert!(created.get("secret_hash").is_none());
+    for (body, want, says) in [
+        (app.clone(), 409, "taken"),
+        (
+            json!({ "client_id": "billing", "type": "public", "redirect_uris": [callback] }),
+            409,
+            "taken",
+        ),
+        (
+            json!({ "client_id": "x", "type": "public", "redirect_uris": [callback] }),
+            400,
+            "3 to 64",
+        ),
+        (
+            json!({ "client_id": "bad-uri", "type": "public", "redirect_uris": ["relative"] }),
+            400,
+            "redirect_uris",
+        ),
+        (
+            json!({ "client_id": "sneaky", "type": "confidential", "secret_hash": "$argon2id$x" }),
+            400,
+            "generates the secret",
+        ),
+        (
+            json!({ "client_id": "pub-cc", "type": "public", "grant_types": ["client_credentials"] }),
+            400,
+            "client_credentials",
+        ),
+        (
+            json!({ "client_id": "eddsa", "type": "public", "redirect_uris": [callback], "id_token_signed_response_alg": "EdDSA" }),
+            400,
+            "no key",
+        ),
+    ] {
+        let (status, answer) =
+            call(&sso, "POST", "/admin/clients", Some(&body), Some(&admin)).await;
+        assert_eq!(status, want, "{body}: {answer}");
+        assert!(answer.to_string().contains(says), "{body}: {answer}");
+    }
+
+    let rp = |secret: String| {
+        let issuer = sso.issuer();
+        async move {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/rp-client.mjs");
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("node")
+                    .args([script, &issuer, "new-app", &secret, callback])
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let output = rp(secret.clone()).await;
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Changes: redirect URIs yes; id, type or secret no.
+    let patch = json!({ "redirect_uris": [callback, "http://127.0.0.1:1/other"] });
+    let (status, changed) = call(
+        &sso,
+        "PATCH",
+        "/admin/clients/new-app",
+        Some(&patch),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["redirect_uris"][1], "http://127.0.0.1:1/other");
+    for fixed in [
+        json!({ "client_id": "y" }),
+        json!({ "type": "public" }),
+        json!({ "secret_hash": "h" }),
+    ] {
+        let (status, _) = call(
+            &sso,
+            "PATCH",
+            "/admin/clients/new-app",
+            Some(&fixed),
+            Some(&admin),
+        )
+        .await;
+        assert_eq!(status, 400, "{fixed}");
+    }
+    let (status, _) = call(
+        &sso,
+        "PATCH",
+        "/admin/clients/billing",
+        Some(&patch),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 409, "config clients are read-only");
+
+    // A rotated secret: the old one fails at once, the new one works.
+    let (status, rotated) = call(
+        &sso,
+        "POST",
+        "/admin/clients/new-app/secret",
+        None,
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let new_secret = rotated["client_secret"].as_str().unwrap().to_owned();
+    let introspect = |secret: String| {
+        let url = sso.url("/introspect");
+        async move {
+            client()
+                .post(url)
+                .basic_auth("new-app", Some(secret))
+                .form(&[("token", "x")])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(introspect(secret).await, 401);
+    assert_eq!(introspect(new_secret).await, 200);
+
+    let (status, listed) = call(&sso, "GET", "/admin/clients", None, Some(&admin)).await;
+    assert_eq!(
+        (status, listed["clients"][0]["client_id"].as_str()),
+        (200, Some("new-app"))
+    );
+    let (status, _) = call(&sso, "DELETE", "/admin/clients/new-app", None, Some(&admin)).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        call(&sso, "GET", "/admin/clients/new-app", None, Some(&admin))
+            .await
+            .0,
+        404
+    );
+    let unknown = client()
+        .get(sso.url(&format!(
+            "/authorize?response_type=code&client_id=new-app&redirect_uri={callback}&scope=openid"
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400, "a deleted client is unknown");
+}

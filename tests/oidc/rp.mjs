@@ -5,6 +5,7 @@
 // failed assertion. Usage: node rp.mjs ISSUER
 import assert from "node:assert/strict";
 import * as client from "openid-client";
+import { Browser, browserLogin } from "./browser.mjs";
 
 const issuer = new URL(process.argv[2]);
 const CALLBACK = "http://127.0.0.1:1/callback";
@@ -14,70 +15,6 @@ const es256 = { id_token_signed_response_alg: "ES256" };
 
 function step(name) {
   console.log(`step: ${name}`);
-}
-
-// A minimal browser: cookies by name, redirects not followed.
-class Browser {
-  constructor() {
-    this.cookies = new Map();
-  }
-  async fetch(url, init = {}) {
-    const headers = new Headers(init.headers || {});
-    if (this.cookies.size) {
-      headers.set("cookie", [...this.cookies].map(([k, v]) => `${k}=${v}`).join("; "));
-    }
-    const response = await fetch(url, { ...init, headers, redirect: "manual" });
-    for (const line of response.headers.getSetCookie()) {
-      const [pair, ...attributes] = line.split(";");
-      const [name, value] = pair.split("=");
-      const expired = attributes.some((a) => a.trim().toLowerCase() === "max-age=0");
-      if (expired || value === "") this.cookies.delete(name.trim());
-      else this.cookies.set(name.trim(), value.trim());
-    }
-    return response;
-  }
-}
-
-function hidden(html, name) {
-  const match = html.match(new RegExp(`name="${name}" value="([^"]*)"`));
-  assert.ok(match, `hidden field ${name} in:\n${html}`);
-  return match[1];
-}
-
-// Logs in through the form (and consents if asked); returns the callback URL.
-async function browserLogin(browser, authorizationUrl, username, password) {
-  let response = await browser.fetch(authorizationUrl);
-  let html = await response.text();
-  if (response.status === 200 && html.includes('name="password"')) {
-    assert.ok(html.includes("<form"), "a login form");
-    const form = new URLSearchParams({
-      request: hidden(html, "request"),
-      csrf: hidden(html, "csrf"),
-      username,
-      password,
-    });
-    response = await browser.fetch(new URL("login", issuer.href + "/"), {
-      method: "POST",
-      body: form,
-      headers: { "content-type": "application/x-www-form-urlencoded" },
-    });
-    html = await response.text();
-  }
-  if (response.status === 200 && html.includes('name="decision"')) {
-    const form = new URLSearchParams({
-      request: hidden(html, "request"),
-      csrf: hidden(html, "csrf"),
-      decision: "allow",
-    });
-    response = await browser.fetch(new URL("consent", issuer.href + "/"), {
-      method: "POST",
-      body: form,
-      headers: { "content-type": "application/x-www-form-urlencoded" },
-    });
-    html = await response.text();
-  }
-  assert.equal(response.status, 303, `redirect to the client, got ${response.status}: ${html}`);
-  return new URL(response.headers.get("location"));
 }
 
 async function expectOAuthError(promise, status, error) {

@@ -1,14 +1,4 @@
-//! The admin API (`{issuer}/admin/…`), for operators and their scripts.
-//!
-//! Callers present an access token issued by this SSO (a user's, or an
-//! admin client's from client credentials) whose roles include the admin
-//! role (`admin.role`); it must be active (not expired, not revoked).
-//! Every call is audited with who made it.
-//!
-//! Users of the users file are seed entries (infrastructure as code): shown,
-//! never changed here (409). Disabling, deleting or setting the password of
-//! a user ends every session they have, with back-channel logout, and their
-//! refresh tokens stop working.
+//! The admin API's users: list, create, get, change, password, delete.
 
 use std::sync::Arc;
 
@@ -21,10 +11,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
+use super::{answer, bad_body, not_found, read_only, unavailable};
 use crate::directory::{UserChange, UserRecord, MAX_PAGE};
 use crate::oauth::OAuthError;
 use crate::users::RegisterRefused;
-use crate::{audit, no_store, Shared, Sso};
+use crate::{audit, Shared, Sso};
 
 /// A user as the admin API shows it (never the password hash).
 #[derive(Serialize, ToSchema)]
@@ -120,67 +111,6 @@ pub struct NewPassword {
     password: String,
 }
 
-fn not_found() -> OAuthError {
-    OAuthError::new(StatusCode::NOT_FOUND, "not_found", "no such user")
-}
-
-fn read_only() -> OAuthError {
-    OAuthError::new(
-        StatusCode::CONFLICT,
-        "read_only",
-        "the user is defined in the users file; change it there",
-    )
-}
-
-fn unavailable(e: impl std::fmt::Display) -> OAuthError {
-    log::error!("{e}");
-    OAuthError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        "the directory is unavailable",
-    )
-}
-
-/// A JSON body the handler could not read: 400 with the reason.
-fn bad_body(e: axum::extract::rejection::JsonRejection) -> OAuthError {
-    OAuthError::invalid_request(e.body_text())
-}
-
-/// Who is calling: the subject of an active admin token.
-struct Admin {
-    subject: String,
-}
-
-impl Sso {
-    async fn admin(&self, headers: &HeaderMap) -> Result<Admin, OAuthError> {
-        let unauthorized = || {
-            OAuthError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "an active access token of this SSO is required",
-            )
-        };
-        let token = crate::introspect::bearer(headers).ok_or_else(unauthorized)?;
-        let claims = self
-            .active_access_token(token)
-            .await
-            .ok_or_else(unauthorized)?;
-        let has_role = claims["roles"]
-            .as_array()
-            .is_some_and(|roles| roles.iter().any(|r| r == self.config.admin.role.as_str()));
-        let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
-        if !has_role {
-            audit(json!({ "event": "admin_refused", "by": subject }));
-            return Err(OAuthError::new(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                "the admin role is required",
-            ));
-        }
-        Ok(Admin { subject })
-    }
-}
-
 impl Sso {
     async fn hash_password(&self, password: String) -> Result<String, OAuthError> {
         let min = self.config.users.min_password_length;
@@ -226,13 +156,6 @@ impl Sso {
             Arc::clone(self).end_all_sessions_of(username).await;
         }
         self.directory_user(username).await
-    }
-}
-
-fn answer(result: Result<Response, OAuthError>) -> Response {
-    match result {
-        Ok(response) => no_store(response),
-        Err(e) => e.into_response(),
     }
 }
 
@@ -447,31 +370,4 @@ pub async fn delete_user(
         }
         .await,
     )
-}
-
-/// Ends every SSO session of a user: the sessions' refresh tokens stop
-/// working and every client with a back-channel logout URI is told, so
-/// the user is signed out of the gateway too.
-#[utoipa::path(delete, path = "/admin/users/{username}/sessions", tag = "admin",
-    params(("username" = String, Path, description = "The user's name (`sub`)")),
-    responses(
-        (status = 200, description = "How many sessions ended", body = Object),
-        (status = 401, description = "No active token", body = crate::api_doc::OAuthErrorBody),
-        (status = 403, description = "Not an admin", body = crate::api_doc::OAuthErrorBody)),
-    security(("bearer" = [])))]
-pub async fn end_user_sessions(
-    State(sso): State<Shared>,
-    headers: HeaderMap,
-    Path(username): Path<String>,
-) -> Response {
-    let admin = match sso.admin(&headers).await {
-        Ok(admin) => admin,
-        Err(e) => return e.into_response(),
-    };
-    let ended = Arc::clone(&sso).end_all_sessions_of(&username).await;
-    audit(
-        json!({ "event": "admin_sessions_ended", "by": admin.subject, "sub": username,
-        "ended": ended }),
-    );
-    no_store(Json(json!({ "ended": ended })).into_response())
 }

@@ -1,0 +1,126 @@
+//! The admin API (`{issuer}/admin/…`), for operators and their scripts.
+//!
+//! Callers present an access token issued by this SSO (a user's, or an
+//! admin client's from client credentials) whose roles include the admin
+//! role (`admin.role`); it must be active (not expired, not revoked).
+//! Every call is audited with who made it.
+//!
+//! Users of the users file are seed entries (infrastructure as code): shown,
+//! never changed here (409). Disabling, deleting or setting the password of
+//! a user ends every session they have, with back-channel logout, and their
+//! refresh tokens stop working.
+//!
+//! - `users`: the directory's users; - `clients`: clients registered at
+//!   run time. Here: who may call, the answers' shape, ending sessions.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::oauth::OAuthError;
+use crate::{audit, no_store, Shared, Sso};
+
+mod clients;
+mod users;
+
+pub use clients::*;
+pub use users::*;
+
+pub(super) fn not_found() -> OAuthError {
+    OAuthError::new(StatusCode::NOT_FOUND, "not_found", "no such user")
+}
+
+pub(super) fn read_only() -> OAuthError {
+    OAuthError::new(
+        StatusCode::CONFLICT,
+        "read_only",
+        "the user is defined in the users file; change it there",
+    )
+}
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> OAuthError {
+    log::error!("{e}");
+    OAuthError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "the directory is unavailable",
+    )
+}
+
+/// A JSON body the handler could not read: 400 with the reason.
+pub(super) fn bad_body(e: axum::extract::rejection::JsonRejection) -> OAuthError {
+    OAuthError::invalid_request(e.body_text())
+}
+
+/// Who is calling: the subject of an active admin token.
+pub(super) struct Admin {
+    pub(super) subject: String,
+}
+
+impl Sso {
+    pub(super) async fn admin(&self, headers: &HeaderMap) -> Result<Admin, OAuthError> {
+        let unauthorized = || {
+            OAuthError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "an active access token of this SSO is required",
+            )
+        };
+        let token = crate::introspect::bearer(headers).ok_or_else(unauthorized)?;
+        let claims = self
+            .active_access_token(token)
+            .await
+            .ok_or_else(unauthorized)?;
+        let has_role = claims["roles"]
+            .as_array()
+            .is_some_and(|roles| roles.iter().any(|r| r == self.config.admin.role.as_str()));
+        let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
+        if !has_role {
+            audit(json!({ "event": "admin_refused", "by": subject }));
+            return Err(OAuthError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the admin role is required",
+            ));
+        }
+        Ok(Admin { subject })
+    }
+}
+
+pub(super) fn answer(result: Result<Response, OAuthError>) -> Response {
+    match result {
+        Ok(response) => no_store(response),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Ends every SSO session of a user: the sessions' refresh tokens stop
+/// working and every client with a back-channel logout URI is told, so
+/// the user is signed out of the gateway too.
+#[utoipa::path(delete, path = "/admin/users/{username}/sessions", tag = "admin",
+    params(("username" = String, Path, description = "The user's name (`sub`)")),
+    responses(
+        (status = 200, description = "How many sessions ended", body = Object),
+        (status = 401, description = "No active token", body = crate::api_doc::OAuthErrorBody),
+        (status = 403, description = "Not an admin", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn end_user_sessions(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+) -> Response {
+    let admin = match sso.admin(&headers).await {
+        Ok(admin) => admin,
+        Err(e) => return e.into_response(),
+    };
+    let ended = Arc::clone(&sso).end_all_sessions_of(&username).await;
+    audit(
+        json!({ "event": "admin_sessions_ended", "by": admin.subject, "sub": username,
+        "ended": ended }),
+    );
+    no_store(Json(json!({ "ended": ended })).into_response())
+}
