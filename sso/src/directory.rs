@@ -188,6 +188,36 @@ impl SqlDirectory {
             .collect())
     }
 
+    /// `names` for several users at once: user id → names, sorted.
+    async fn names_of_many(
+        &self,
+        table: &str,
+        column: &str,
+        user_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, DirectoryError> {
+        let mut by_user: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        if user_ids.is_empty() {
+            return Ok(by_user);
+        }
+        let placeholders: Vec<String> = (1..=user_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT user_id, {column} FROM {table} WHERE user_id IN ({}) ORDER BY {column}",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in user_ids {
+            query = query.bind(id);
+        }
+        for row in query.fetch_all(&self.pool).await? {
+            by_user
+                .entry(row.try_get(0)?)
+                .or_default()
+                .push(row.try_get(1)?);
+        }
+        Ok(by_user)
+    }
+
     fn is_unique_violation(e: &sqlx::Error) -> bool {
         matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
     }
@@ -314,15 +344,22 @@ impl Directory for SqlDirectory {
         .fetch_all(&self.pool)
         .await?;
         let mut records = Vec::with_capacity(rows.len());
+        let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
-            let (id, mut user) = user_from(row)?;
-            user.roles = self.names("user_roles", "role", &id).await?;
-            user.groups = self.names("user_groups", "group_name", &id).await?;
+            let (id, user) = user_from(row)?;
+            ids.push(id);
             records.push(UserRecord {
                 user,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
             });
+        }
+        // Roles and groups of the whole page: two queries, not two per user.
+        let mut roles = self.names_of_many("user_roles", "role", &ids).await?;
+        let mut groups = self.names_of_many("user_groups", "group_name", &ids).await?;
+        for (record, id) in records.iter_mut().zip(&ids) {
+            record.user.roles = roles.remove(id).unwrap_or_default();
+            record.user.groups = groups.remove(id).unwrap_or_default();
         }
         Ok(records)
     }
@@ -606,9 +643,10 @@ mod tests {
             names(directory.users(Some("%"), None, 10).await.unwrap()),
             ["bob%2"]
         );
+        // (An unescaped `_` would match `bob%2` too.)
         assert_eq!(
             names(directory.users(Some("b_"), None, 10).await.unwrap()),
-            Vec::<String>::new()
+            ["bob_1"]
         );
         assert_eq!(
             names(directory.users(Some("b_1"), None, 10).await.unwrap()),
