@@ -356,7 +356,9 @@ impl Directory for SqlDirectory {
         }
         // Roles and groups of the whole page: two queries, not two per user.
         let mut roles = self.names_of_many("user_roles", "role", &ids).await?;
-        let mut groups = self.names_of_many("user_groups", "group_name", &ids).await?;
+        let mut groups = self
+            .names_of_many("user_groups", "group_name", &ids)
+            .await?;
         for (record, id) in records.iter_mut().zip(&ids) {
             record.user.roles = roles.remove(id).unwrap_or_default();
             record.user.groups = groups.remove(id).unwrap_or_default();

@@ -70,6 +70,8 @@ pub enum SsoError {
     Templates(#[from] minijinja::Error),
     #[error("{0}")]
     Directory(#[from] directory::DirectoryError),
+    #[error("{0}")]
+    Bootstrap(String),
     #[error(
         "users {names:?} are both in the users file and in the directory: remove them from one"
     )]
@@ -123,6 +125,7 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
     if !both.is_empty() {
         return Err(SsoError::SeedConflict { names: both });
     }
+    bootstrap_admin(&users, &config).await?;
     let state = Arc::new(Sso {
         clients: Clients::new(&config.clients),
         users,
@@ -181,6 +184,57 @@ async fn open_directory(
     )
     .await?;
     Ok(Arc::new(directory))
+}
+
+/// The first admin from the environment (a container's first start,
+/// without editing YAML): `PORTCULLIS_SSO_BOOTSTRAP_ADMIN` names the user,
+/// `PORTCULLIS_SSO_BOOTSTRAP_PASSWORD_HASH` (argon2id, preferred) or
+/// `PORTCULLIS_SSO_BOOTSTRAP_PASSWORD` gives the password. Created with the
+/// admin role when absent; an existing user is left as it is, so every
+/// restart and every replica may carry the variables.
+async fn bootstrap_admin(users: &users::Users, config: &SsoConfig) -> Result<(), SsoError> {
+    let Ok(username) = std::env::var("PORTCULLIS_SSO_BOOTSTRAP_ADMIN") else {
+        return Ok(());
+    };
+    if users.get(&username).await.is_some() {
+        return Ok(());
+    }
+    let password_hash = match (
+        std::env::var("PORTCULLIS_SSO_BOOTSTRAP_PASSWORD_HASH"),
+        std::env::var("PORTCULLIS_SSO_BOOTSTRAP_PASSWORD"),
+    ) {
+        (Ok(hash), _) if hash.starts_with("$argon2id$") => hash,
+        (Err(_), Ok(password)) if password.chars().count() >= config.users.min_password_length => {
+            hash_secret(&password).map_err(SsoError::Store)?
+        }
+        _ => {
+            return Err(SsoError::Bootstrap(format!(
+                "PORTCULLIS_SSO_BOOTSTRAP_ADMIN needs PORTCULLIS_SSO_BOOTSTRAP_PASSWORD_HASH (argon2id) or PORTCULLIS_SSO_BOOTSTRAP_PASSWORD (at least {} characters)",
+                config.users.min_password_length
+            )))
+        }
+    };
+    let admin = portcullis_config::sso::User {
+        username: username.clone(),
+        password_hash,
+        email: None,
+        name: None,
+        roles: vec![config.admin.role.clone()],
+        groups: Vec::new(),
+        disabled: false,
+    };
+    match users.register(admin).await {
+        Ok(Ok(())) => {
+            audit(json!({ "event": "admin_bootstrapped", "sub": username }));
+            Ok(())
+        }
+        // Another replica created it a moment ago.
+        Ok(Err(users::RegisterRefused::Taken)) => Ok(()),
+        Ok(Err(users::RegisterRefused::Invalid(why))) => Err(SsoError::Bootstrap(format!(
+            "PORTCULLIS_SSO_BOOTSTRAP_ADMIN: {why}"
+        ))),
+        Err(e) => Err(SsoError::Store(e.to_string())),
+    }
 }
 
 /// Applies the directory's migrations and returns (`portcullis sso migrate`).

@@ -303,3 +303,62 @@ async fn the_cli_bootstraps_the_first_admin_and_manages_users() {
     std::fs::write(&path, "issuer: nope\n").unwrap();
     assert_eq!(sso_admin(&path, &["user", "list"], "").0, Some(2));
 }
+
+/// The admin API's answer to `boss` signed in with `password`.
+async fn admin_api_for_boss(sso: &SsoProcess, password: &str) -> u16 {
+    let tokens = crate::signin::web_ui_tokens_for(sso, "boss", password, "openid profile").await;
+    crate::support::client()
+        .get(sso.url("/admin/users"))
+        .bearer_auth(tokens["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The first admin from the environment: created on the first start,
+/// left alone on the next (whatever the variables say then); an unusable
+/// password stops the start with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_admin_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    write_users(dir.path());
+    let port = free_port();
+    let env = [
+        ("PORTCULLIS_SSO_BOOTSTRAP_ADMIN", "boss"),
+        ("PORTCULLIS_SSO_BOOTSTRAP_PASSWORD", "boss-password-1"),
+    ];
+
+    let sso = SsoProcess::start_with_env(dir.path(), &config(), port, &env).await;
+    assert_eq!(admin_api_for_boss(&sso, "boss-password-1").await, 200);
+    drop(sso);
+    let changed = [
+        ("PORTCULLIS_SSO_BOOTSTRAP_ADMIN", "boss"),
+        ("PORTCULLIS_SSO_BOOTSTRAP_PASSWORD", "another-password-2"),
+    ];
+    let sso = SsoProcess::start_with_env(dir.path(), &config(), port, &changed).await;
+    assert_eq!(
+        admin_api_for_boss(&sso, "boss-password-1").await,
+        200,
+        "left as it was"
+    );
+    drop(sso);
+
+    let path = dir.path().join("bootstrap.yaml");
+    std::fs::write(&path, config().replace("{PORT}", &free_port().to_string())).unwrap();
+    let output = std::process::Command::new(crate::support::BIN)
+        .args(["sso", "-c"])
+        .arg(&path)
+        .env("PORTCULLIS_SSO_BOOTSTRAP_ADMIN", "chief")
+        .env("PORTCULLIS_SSO_BOOTSTRAP_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("needs PORTCULLIS_SSO_BOOTSTRAP_PASSWORD_HASH"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -315,8 +315,13 @@ pub(crate) async fn web_ui_tokens_for(
             ],
         )
         .await;
-    let html = consent.text().await.unwrap();
-    let code = code_from(&allow_consent(&browser, &base, &html).await);
+    // Consent is asked once, then remembered.
+    let code = if consent.status() == 303 {
+        code_from(&consent)
+    } else {
+        let html = consent.text().await.unwrap();
+        code_from(&allow_consent(&browser, &base, &html).await)
+    };
     let (status, tokens) = redeem(&base, &code, &verifier).await;
     assert_eq!(status, 200, "{tokens}");
     tokens

@@ -24,12 +24,23 @@ impl SsoProcess {
     /// Writes `config` (with `{PORT}` filled in) to `dir/sso.yaml` and waits
     /// for discovery to answer.
     pub(crate) async fn start(dir: &Path, config: &str, port: u16) -> SsoProcess {
+        Self::start_with_env(dir, config, port, &[]).await
+    }
+
+    /// The same, with environment variables for the process.
+    pub(crate) async fn start_with_env(
+        dir: &Path,
+        config: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> SsoProcess {
         let path = dir.join(format!("sso-{port}.yaml"));
         std::fs::write(&path, config.replace("{PORT}", &port.to_string())).unwrap();
         let log = std::fs::File::create(dir.join(format!("sso-{port}.log"))).unwrap();
         let child = Command::new(BIN)
             .args(["sso", "-c"])
             .arg(&path)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
