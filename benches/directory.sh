@@ -115,7 +115,12 @@ PY
     curl -fs -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $token" \
       "http://127.0.0.1:$port/sso/admin/users?search=user0$((RANDOM % 99999))&limit=$PAGE" >> "$dir/search.txt"
   done
-  stats() { sort -n "$1" | awk '{a[NR]=$1} END {printf "%.1f ms|%.1f ms|%.1f ms", a[int(NR*0.5)+1]*1000, a[int(NR*0.99)+1 > NR ? NR : int(NR*0.99)+1]*1000, a[NR]*1000}'; }
+  stats() {
+    python3 -c 'import sys
+t = sorted(float(l) * 1000 for l in open(sys.argv[1]) if l.strip())
+q = lambda p: t[min(len(t) - 1, int(len(t) * p))]
+print(f"{q(0.5):.1f} ms|{q(0.99):.1f} ms|{t[-1]:.1f} ms")' "$1"
+  }
   IFS='|' read -r p50 p99 max <<< "$(stats "$dir/pages.txt")"
   IFS='|' read -r s50 _ _ <<< "$(stats "$dir/search.txt")"
 
