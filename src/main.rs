@@ -113,6 +113,47 @@ enum AdminWhat {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Clients registered at run time.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client; a confidential client's secret is printed once.
+    Add {
+        client_id: String,
+        /// `confidential` (a secret) or `public` (PKCE only).
+        #[arg(long = "type", value_parser = ["confidential", "public"])]
+        client_type: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// An exact redirect URI (repeatable).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// A post-logout redirect URI (repeatable).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// A grant type (repeatable); defaults by type.
+        #[arg(long = "grant")]
+        grant_types: Vec<String>,
+        /// An allowed scope (repeatable); defaults by grant.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Skip the consent page.
+        #[arg(long)]
+        first_party: bool,
+        #[arg(long)]
+        backchannel_logout_uri: Option<String>,
+    },
+    /// List clients registered at run time (tab-separated).
+    List,
+    /// A new secret for a confidential client, printed once.
+    Rotate { client_id: String },
+    /// Delete a client registered at run time.
+    Delete { client_id: String },
 }
 
 #[derive(Subcommand)]
@@ -365,8 +406,6 @@ fn secret_from_stdin(name: &str) -> Result<String, ExitCode> {
 }
 
 fn sso_admin(path: &std::path::Path, what: AdminWhat) -> ExitCode {
-    use portcullis_sso::AdminCommand;
-    const NAME: &str = "portcullis sso admin";
     let config = match portcullis_config::load_sso(path) {
         Ok(config) => config,
         Err(e) => {
@@ -374,8 +413,67 @@ fn sso_admin(path: &std::path::Path, what: AdminWhat) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let AdminWhat::User { command } = what;
+    let command = match what {
+        AdminWhat::User { command } => user_command(command),
+        AdminWhat::Client { command } => client_command(command),
+    };
     let command = match command {
+        Ok(command) => command,
+        Err(code) => return code,
+    };
+    match portcullis_sso::admin(&config, path, command) {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+const NAME: &str = "portcullis sso admin";
+
+fn client_command(command: ClientCommand) -> Result<portcullis_sso::AdminCommand, ExitCode> {
+    use portcullis_sso::AdminCommand;
+    Ok(match command {
+        ClientCommand::Add {
+            client_id,
+            client_type,
+            name,
+            redirect_uris,
+            post_logout_redirect_uris,
+            grant_types,
+            scopes,
+            first_party,
+            backchannel_logout_uri,
+        } => {
+            // The config file's shape, so defaults and checks are the same.
+            let definition = serde_json::json!({
+                "client_id": client_id, "type": client_type, "name": name,
+                "redirect_uris": redirect_uris,
+                "post_logout_redirect_uris": post_logout_redirect_uris,
+                "grant_types": grant_types, "scopes": scopes, "first_party": first_party,
+                "backchannel_logout_uri": backchannel_logout_uri,
+            });
+            match serde_json::from_value(definition) {
+                Ok(client) => AdminCommand::AddClient { client },
+                Err(e) => {
+                    eprintln!("{NAME}: {e}");
+                    return Err(ExitCode::from(EXIT_INVALID));
+                }
+            }
+        }
+        ClientCommand::List => AdminCommand::ListClients,
+        ClientCommand::Rotate { client_id } => AdminCommand::RotateClientSecret { client_id },
+        ClientCommand::Delete { client_id } => AdminCommand::DeleteClient { client_id },
+    })
+}
+
+fn user_command(command: UserCommand) -> Result<portcullis_sso::AdminCommand, ExitCode> {
+    use portcullis_sso::AdminCommand;
+    Ok(match command {
         UserCommand::Add {
             username,
             email,
@@ -395,7 +493,7 @@ fn sso_admin(path: &std::path::Path, what: AdminWhat) -> ExitCode {
                 },
                 password,
             },
-            Err(code) => return code,
+            Err(code) => return Err(code),
         },
         UserCommand::List { search } => AdminCommand::ListUsers { search },
         UserCommand::Disable { username } => AdminCommand::SetDisabled {
@@ -408,20 +506,10 @@ fn sso_admin(path: &std::path::Path, what: AdminWhat) -> ExitCode {
         },
         UserCommand::Passwd { username } => match secret_from_stdin(NAME) {
             Ok(password) => AdminCommand::SetPassword { username, password },
-            Err(code) => return code,
+            Err(code) => return Err(code),
         },
         UserCommand::Delete { username } => AdminCommand::DeleteUser { username },
-    };
-    match portcullis_sso::admin(&config, path, command) {
-        Ok(output) => {
-            println!("{output}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{NAME}: {e}");
-            ExitCode::from(e.exit_code())
-        }
-    }
+    })
 }
 
 /// Loads an SSO config (exit 2 when invalid) and runs `action` on it

@@ -14,11 +14,35 @@ use crate::directory::{Directory, SqlDirectory, UserChange, MAX_PAGE};
 
 /// What to do.
 pub enum AdminCommand {
-    AddUser { user: User, password: String },
-    ListUsers { search: Option<String> },
-    SetDisabled { username: String, disabled: bool },
-    SetPassword { username: String, password: String },
-    DeleteUser { username: String },
+    AddUser {
+        user: User,
+        password: String,
+    },
+    ListUsers {
+        search: Option<String>,
+    },
+    SetDisabled {
+        username: String,
+        disabled: bool,
+    },
+    SetPassword {
+        username: String,
+        password: String,
+    },
+    DeleteUser {
+        username: String,
+    },
+    /// The client's definition (a confidential one's secret generated).
+    AddClient {
+        client: portcullis_config::sso::Client,
+    },
+    ListClients,
+    RotateClientSecret {
+        client_id: String,
+    },
+    DeleteClient {
+        client_id: String,
+    },
 }
 
 /// Why a command did not succeed; each has its exit code.
@@ -163,6 +187,85 @@ async fn run(
                 ..UserChange::default()
             };
             change(username, update, "password set").await
+        }
+        AdminCommand::AddClient { mut client } => {
+            if config
+                .clients
+                .iter()
+                .any(|c| c.client_id == client.client_id)
+            {
+                return Err(refused(format!(
+                    "`{}` is in the config file",
+                    client.client_id
+                )));
+            }
+            let secret = if client.client_type == portcullis_config::sso::ClientType::Confidential {
+                let (secret, hash) = crate::admin::new_client_secret()
+                    .await
+                    .ok_or_else(|| refused("hashing failed"))?;
+                client.secret_hash = Some(hash);
+                Some(secret)
+            } else {
+                None
+            };
+            crate::admin::check_client(&client, &crate::signing_algorithms(config))
+                .map_err(refused)?;
+            if !directory.create_client(&client).await? {
+                return Err(refused(format!("`{}` is taken", client.client_id)));
+            }
+            Ok(match secret {
+                Some(secret) => format!(
+                    "{}: created\nclient_secret: {secret}\n(shown once: store it now)",
+                    client.client_id
+                ),
+                None => format!("{}: created", client.client_id),
+            })
+        }
+        AdminCommand::ListClients => {
+            let mut out = String::from("client_id\ttype\tredirect_uris\n");
+            let mut after: Option<String> = None;
+            loop {
+                let page = directory.clients(after.as_deref(), MAX_PAGE).await?;
+                for client in &page {
+                    let kind = match client.client_type {
+                        portcullis_config::sso::ClientType::Public => "public",
+                        portcullis_config::sso::ClientType::Confidential => "confidential",
+                    };
+                    out.push_str(&format!(
+                        "{}\t{kind}\t{}\n",
+                        client.client_id,
+                        client.redirect_uris.join(",")
+                    ));
+                }
+                if page.len() < MAX_PAGE as usize {
+                    return Ok(out.trim_end().to_owned());
+                }
+                after = page.last().map(|c| c.client_id.clone());
+            }
+        }
+        AdminCommand::RotateClientSecret { client_id } => {
+            let mut client = directory
+                .client(&client_id)
+                .await?
+                .ok_or_else(|| refused(format!("no run-time client `{client_id}`")))?;
+            if client.secret_hash.is_none() {
+                return Err(refused(format!("`{client_id}` has no secret")));
+            }
+            let (secret, hash) = crate::admin::new_client_secret()
+                .await
+                .ok_or_else(|| refused("hashing failed"))?;
+            client.secret_hash = Some(hash);
+            directory.replace_client(&client).await?;
+            Ok(format!(
+                "{client_id}: secret rotated\nclient_secret: {secret}\n(shown once: store it now)"
+            ))
+        }
+        AdminCommand::DeleteClient { client_id } => {
+            if directory.delete_client(&client_id).await? {
+                Ok(format!("{client_id}: deleted"))
+            } else {
+                Err(refused(format!("no run-time client `{client_id}`")))
+            }
         }
         AdminCommand::DeleteUser { username } => {
             if is_seed(&username) {

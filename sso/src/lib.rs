@@ -320,7 +320,9 @@ async fn serve_connections(
 
 /// The access tokens' algorithm first, then RS256 (OpenID Connect's
 /// default for ID tokens), then whatever a client chose.
-fn signing_algorithms(config: &SsoConfig) -> Vec<portcullis_config::sso::SigningAlgorithm> {
+pub(crate) fn signing_algorithms(
+    config: &SsoConfig,
+) -> Vec<portcullis_config::sso::SigningAlgorithm> {
     let mut algorithms = vec![config.keys.algorithm];
     let chosen = config.clients.iter().map(grants::id_token_algorithm);
     for algorithm in std::iter::once(portcullis_config::sso::SigningAlgorithm::RS256).chain(chosen)

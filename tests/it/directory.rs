@@ -272,8 +272,98 @@ async fn the_cli_bootstraps_the_first_admin_and_manages_users() {
         "{out}"
     );
 
-    // The bootstrapped admin signs in and uses the admin API.
+    // A client registered from the command line: its secret printed once.
+    let (code, out) = sso_admin(
+        &path,
+        &[
+            "client",
+            "add",
+            "cli-app",
+            "--type",
+            "confidential",
+            "--redirect-uri",
+            "http://127.0.0.1:1/cb",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .expect("the secret is printed")
+        .to_owned();
+    for (args, want_code, says) in [
+        (
+            &[
+                "client",
+                "add",
+                "cli-app",
+                "--type",
+                "public",
+                "--redirect-uri",
+                "http://127.0.0.1:1/cb",
+            ][..],
+            3,
+            "`cli-app` is taken",
+        ),
+        (
+            &[
+                "client",
+                "add",
+                "billing",
+                "--type",
+                "public",
+                "--redirect-uri",
+                "http://127.0.0.1:1/cb",
+            ][..],
+            3,
+            "in the config file",
+        ),
+        (
+            &[
+                "client",
+                "add",
+                "bad-uri",
+                "--type",
+                "public",
+                "--redirect-uri",
+                "relative",
+            ][..],
+            3,
+            "redirect_uris",
+        ),
+        (
+            &["client", "add", "typo", "--type", "secret"][..],
+            2,
+            "invalid value",
+        ),
+        (
+            &["client", "rotate", "nope"][..],
+            3,
+            "no run-time client `nope`",
+        ),
+    ] {
+        let (code, out) = sso_admin(&path, args, "");
+        assert_eq!(code, Some(want_code), "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    let (_, listed) = sso_admin(&path, &["client", "list"], "");
+    assert!(
+        listed.contains("cli-app\tconfidential\thttp://127.0.0.1:1/cb"),
+        "{listed}"
+    );
+
+    // The bootstrapped admin signs in and uses the admin API; the client's
+    // printed secret authenticates it.
     let sso = SsoProcess::start(dir.path(), &config(), port).await;
+    let introspected = crate::support::client()
+        .post(sso.url("/introspect"))
+        .basic_auth("cli-app", Some(&secret))
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(introspected.status(), 200);
     let tokens =
         crate::signin::web_ui_tokens_for(&sso, "root", "root-password-1", "openid profile").await;
     let listed = crate::support::client()
@@ -285,6 +375,10 @@ async fn the_cli_bootstraps_the_first_admin_and_manages_users() {
     assert_eq!(listed.status(), 200);
     drop(sso);
 
+    let (code, rotated) = sso_admin(&path, &["client", "rotate", "cli-app"], "");
+    assert_eq!(code, Some(0), "{rotated}");
+    assert!(rotated.starts_with("cli-app: secret rotated\nclient_secret: "));
+    assert!(!rotated.contains(&secret), "a new secret");
     for (args, input, says) in [
         (&["user", "disable", "root"][..], "", "root: disabled"),
         (&["user", "enable", "root"][..], "", "root: enabled"),
@@ -294,6 +388,7 @@ async fn the_cli_bootstraps_the_first_admin_and_manages_users() {
             "root: password set",
         ),
         (&["user", "delete", "root"][..], "", "root: deleted"),
+        (&["client", "delete", "cli-app"][..], "", "cli-app: deleted"),
     ] {
         let (code, out) = sso_admin(&path, args, input);
         assert_eq!((code, out.trim()), (Some(0), says), "{args:?}");

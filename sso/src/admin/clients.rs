@@ -32,33 +32,7 @@ const FIXED_CLIENT_FIELDS: [&str; 3] = ["client_id", "secret_hash", "type"];
 impl Sso {
     /// A client definition the SSO can serve, or why not (400).
     fn check_client(&self, client: &portcullis_config::sso::Client) -> Result<(), OAuthError> {
-        let id_ok = (3..=64).contains(&client.client_id.len())
-            && client
-                .client_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !id_ok {
-            return Err(OAuthError::invalid_request(
-                "client ids are 3 to 64 letters, digits, dots, dashes or underscores",
-            ));
-        }
-        if let Some(problem) = portcullis_config::sso::client_problems(client).first() {
-            return Err(OAuthError::invalid_request(format!(
-                "{}: {}",
-                problem.field, problem.message
-            )));
-        }
-        // Only algorithms the SSO keeps keys for (decided at start).
-        if !self
-            .keys
-            .algorithms()
-            .contains(&crate::grants::id_token_algorithm(client))
-        {
-            return Err(OAuthError::invalid_request(
-                "id_token_signed_response_alg: this SSO has no key for that algorithm",
-            ));
-        }
-        Ok(())
+        check_client(client, self.keys.algorithms()).map_err(OAuthError::invalid_request)
     }
 
     /// A client registered at run time (a config client: 409).
@@ -82,15 +56,44 @@ impl Sso {
 
     /// A new secret, and its hash to store.
     async fn new_client_secret(&self) -> Result<(String, String), OAuthError> {
-        let secret = crate::oauth::random_id(32);
-        let copy = secret.clone();
-        let hash = tokio::task::spawn_blocking(move || crate::clients::hash_secret(&copy))
+        new_client_secret()
             .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| OAuthError::server_error("hashing failed"))?;
-        Ok((secret, hash))
+            .ok_or_else(|| OAuthError::server_error("hashing failed"))
     }
+}
+
+/// A client definition the SSO can serve (signing with one of
+/// `algorithms`, those it keeps keys for), or why not.
+pub(crate) fn check_client(
+    client: &portcullis_config::sso::Client,
+    algorithms: &[portcullis_config::sso::SigningAlgorithm],
+) -> Result<(), String> {
+    let id_ok = (3..=64).contains(&client.client_id.len())
+        && client
+            .client_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !id_ok {
+        return Err("client ids are 3 to 64 letters, digits, dots, dashes or underscores".into());
+    }
+    if let Some(problem) = portcullis_config::sso::client_problems(client).first() {
+        return Err(format!("{}: {}", problem.field, problem.message));
+    }
+    if !algorithms.contains(&crate::grants::id_token_algorithm(client)) {
+        return Err("id_token_signed_response_alg: this SSO has no key for that algorithm".into());
+    }
+    Ok(())
+}
+
+/// A new client secret and its argon2id hash (to store).
+pub(crate) async fn new_client_secret() -> Option<(String, String)> {
+    let secret = crate::oauth::random_id(32);
+    let copy = secret.clone();
+    let hash = tokio::task::spawn_blocking(move || crate::clients::hash_secret(&copy))
+        .await
+        .ok()?
+        .ok()?;
+    Some((secret, hash))
 }
 
 /// Registers a client (the config file's fields, as JSON). A confidential
@@ -151,6 +154,7 @@ pub async fn create_client(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClientListQuery {
     /// The last client id of the previous page.
     after: Option<String>,

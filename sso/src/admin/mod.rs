@@ -28,6 +28,7 @@ mod clients;
 mod users;
 
 pub use clients::*;
+pub(crate) use clients::{check_client, new_client_secret};
 pub use users::*;
 
 pub(super) fn not_found() -> OAuthError {

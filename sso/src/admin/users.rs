@@ -62,6 +62,7 @@ pub struct UserPage {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Part of the user name or email (case-insensitive).
     search: Option<String>,
