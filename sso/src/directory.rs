@@ -53,6 +53,22 @@ pub struct UserChange {
 /// Most users a page of the list holds.
 pub const MAX_PAGE: u32 = 500;
 
+/// Roles or groups: both are names given to users.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Label {
+    Role,
+    Group,
+}
+
+impl Label {
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Label::Role => ("user_roles", "role"),
+            Label::Group => ("user_groups", "group_name"),
+        }
+    }
+}
+
 /// What the rest of the SSO needs of the directory.
 #[async_trait]
 pub trait Directory: Send + Sync {
@@ -76,6 +92,26 @@ pub trait Directory: Send + Sync {
         -> Result<bool, DirectoryError>;
     /// `false` when there is no such user.
     async fn delete_user(&self, username: &str) -> Result<bool, DirectoryError>;
+    /// Every role (or group) given to a directory user, with how many
+    /// users have it, by name.
+    async fn labels(&self, label: Label) -> Result<Vec<(String, i64)>, DirectoryError>;
+    /// The users with a role (or group), by name after `after`.
+    async fn members(
+        &self,
+        label: Label,
+        name: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, DirectoryError>;
+    /// Gives (`true`) or takes a role or group; `false` when there is no
+    /// such user.
+    async fn assign(
+        &self,
+        label: Label,
+        username: &str,
+        name: &str,
+        given: bool,
+    ) -> Result<bool, DirectoryError>;
     /// A client registered at run time.
     async fn client(&self, client_id: &str) -> Result<Option<Client>, DirectoryError>;
     /// Clients by id after `after`, at most `limit`.
@@ -462,6 +498,77 @@ impl Directory for SqlDirectory {
         Ok(deleted > 0)
     }
 
+    async fn labels(&self, label: Label) -> Result<Vec<(String, i64)>, DirectoryError> {
+        let (table, column) = label.table();
+        let sql =
+            format!("SELECT {column}, COUNT(*) FROM {table} GROUP BY {column} ORDER BY {column}");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    async fn members(
+        &self,
+        label: Label,
+        name: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, DirectoryError> {
+        let (table, column) = label.table();
+        let sql = format!(
+            "SELECT u.username FROM users u JOIN {table} l ON l.user_id = u.id \
+             WHERE l.{column} = $1 AND u.username > $2 ORDER BY u.username LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(name)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit.clamp(1, MAX_PAGE)))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    async fn assign(
+        &self,
+        label: Label,
+        username: &str,
+        name: &str,
+        given: bool,
+    ) -> Result<bool, DirectoryError> {
+        let (table, column) = label.table();
+        let mut tx = self.pool.begin().await?;
+        let id: Option<String> = sqlx::query("SELECT id FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let Some(id) = id else {
+            return Ok(false);
+        };
+        let sql = if given {
+            format!(
+                "INSERT INTO {table} (user_id, {column}) VALUES ($1, $2) \
+                 ON CONFLICT (user_id, {column}) DO NOTHING"
+            )
+        } else {
+            format!("DELETE FROM {table} WHERE user_id = $1 AND {column} = $2")
+        };
+        sqlx::query(&sql)
+            .bind(&id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE users SET updated_at = $1 WHERE id = $2")
+            .bind(now())
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn client(&self, client_id: &str) -> Result<Option<Client>, DirectoryError> {
         let row = sqlx::query("SELECT definition FROM clients WHERE client_id = $1")
             .bind(client_id)
@@ -687,6 +794,45 @@ mod tests {
         assert!(!directory.delete_user("carol").await.unwrap());
         assert!(directory.user("carol").await.unwrap().is_none());
         assert_eq!(directory.consent("carol", "web").await.unwrap(), None);
+        // Roles given and taken one at a time, and who has them.
+        assert!(directory
+            .assign(Label::Role, "alice", "auditor", true)
+            .await
+            .unwrap());
+        assert!(
+            directory
+                .assign(Label::Role, "alice", "auditor", true)
+                .await
+                .unwrap(),
+            "idempotent"
+        );
+        assert!(!directory
+            .assign(Label::Role, "nobody", "auditor", true)
+            .await
+            .unwrap());
+        let roles = directory.labels(Label::Role).await.unwrap();
+        assert!(roles.contains(&("auditor".to_owned(), 1)), "{roles:?}");
+        assert!(roles.contains(&("admin".to_owned(), 3)), "{roles:?}");
+        assert_eq!(
+            directory
+                .members(Label::Role, "admin", None, 2)
+                .await
+                .unwrap(),
+            ["alice", "bob%2"]
+        );
+        assert!(directory
+            .assign(Label::Role, "alice", "auditor", false)
+            .await
+            .unwrap());
+        assert!(directory
+            .members(Label::Role, "auditor", None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            directory.labels(Label::Group).await.unwrap(),
+            [("ops".to_owned(), 3)]
+        );
         // The name is free again, with nothing of the old account.
         let mut fresh = alice();
         fresh.username = "carol".into();

@@ -452,6 +452,24 @@ fn router(state: Shared) -> Router {
             &format!("{base}/admin/users/{{username}}/sessions"),
             axum::routing::delete(admin::end_user_sessions),
         )
+        .route(&format!("{base}/admin/roles"), get(admin::list_roles))
+        .route(&format!("{base}/admin/groups"), get(admin::list_groups))
+        .route(
+            &format!("{base}/admin/roles/{{role}}/users"),
+            get(admin::role_members),
+        )
+        .route(
+            &format!("{base}/admin/groups/{{group}}/users"),
+            get(admin::group_members),
+        )
+        .route(
+            &format!("{base}/admin/users/{{username}}/roles/{{role}}"),
+            axum::routing::put(admin::give_role).delete(admin::take_role),
+        )
+        .route(
+            &format!("{base}/admin/users/{{username}}/groups/{{group}}"),
+            axum::routing::put(admin::give_group).delete(admin::take_group),
+        )
         .route(
             &format!("{base}/admin/clients"),
             get(admin::list_clients).post(admin::create_client),

@@ -10,8 +10,8 @@
 //! a user ends every session they have, with back-channel logout, and their
 //! refresh tokens stop working.
 //!
-//! - `users`: the directory's users; - `clients`: clients registered at
-//!   run time. Here: who may call, the answers' shape, ending sessions.
+//! - `users`: the directory's users; - `labels`: their roles and groups;
+//!   - `clients`: clients registered at run time. Here: who may call, the answers' shape, ending sessions.
 
 use std::sync::Arc;
 
@@ -25,10 +25,12 @@ use crate::oauth::OAuthError;
 use crate::{audit, no_store, Shared, Sso};
 
 mod clients;
+mod labels;
 mod users;
 
 pub use clients::*;
 pub(crate) use clients::{check_client, new_client_secret};
+pub use labels::*;
 pub use users::*;
 
 pub(super) fn not_found() -> OAuthError {

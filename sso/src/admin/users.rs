@@ -127,7 +127,7 @@ impl Sso {
     }
 
     /// A directory user (`Ok(None)`: none; a file user: 409).
-    async fn directory_user(&self, username: &str) -> Result<UserRecord, OAuthError> {
+    pub(super) async fn directory_user(&self, username: &str) -> Result<UserRecord, OAuthError> {
         if self.users.is_seed(username) {
             return Err(read_only());
         }

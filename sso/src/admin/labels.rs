@@ -1,0 +1,211 @@
+//! The admin API's roles and groups: which exist (given to directory
+//! users), who has one, and giving or taking one from a user.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::IntoParams;
+
+use super::{answer, not_found, unavailable};
+use crate::directory::{Label, MAX_PAGE};
+use crate::{audit, Shared};
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MemberQuery {
+    /// The last user name of the previous page.
+    after: Option<String>,
+    /// Users per page (1 to 500). Defaults to 100.
+    limit: Option<u32>,
+}
+
+fn plural(label: Label) -> &'static str {
+    match label {
+        Label::Role => "roles",
+        Label::Group => "groups",
+    }
+}
+
+async fn list(sso: Shared, headers: HeaderMap, label: Label) -> Response {
+    answer(
+        async {
+            sso.admin(&headers).await?;
+            let labels = sso.directory.labels(label).await.map_err(unavailable)?;
+            let items: Vec<_> = labels
+                .into_iter()
+                .map(|(name, users)| json!({ "name": name, "users": users }))
+                .collect();
+            Ok(Json(json!({ plural(label): items })).into_response())
+        }
+        .await,
+    )
+}
+
+async fn members(
+    sso: Shared,
+    headers: HeaderMap,
+    label: Label,
+    name: String,
+    query: MemberQuery,
+) -> Response {
+    answer(
+        async {
+            sso.admin(&headers).await?;
+            let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+            let users = sso
+                .directory
+                .members(label, &name, query.after.as_deref(), limit)
+                .await
+                .map_err(unavailable)?;
+            let next = (users.len() == limit as usize)
+                .then(|| users.last().cloned())
+                .flatten();
+            Ok(Json(json!({ "users": users, "next": next })).into_response())
+        }
+        .await,
+    )
+}
+
+async fn assign(
+    sso: Shared,
+    headers: HeaderMap,
+    label: Label,
+    username: String,
+    name: String,
+    given: bool,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            sso.directory_user(&username).await?;
+            if !sso
+                .directory
+                .assign(label, &username, &name, given)
+                .await
+                .map_err(unavailable)?
+            {
+                return Err(not_found());
+            }
+            // Taking a role away ends the sessions whose tokens carry it.
+            if !given {
+                Arc::clone(&sso).end_all_sessions_of(&username).await;
+            }
+            audit(
+                json!({ "event": if given { "admin_label_given" } else { "admin_label_taken" },
+                "by": admin.subject, "sub": username, plural(label): name }),
+            );
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
+/// Every role given to a directory user, with how many have it.
+#[utoipa::path(get, path = "/admin/roles", tag = "admin",
+    responses((status = 200, description = "`{roles: [{name, users}]}`", body = Object)),
+    security(("bearer" = [])))]
+pub async fn list_roles(State(sso): State<Shared>, headers: HeaderMap) -> Response {
+    list(sso, headers, Label::Role).await
+}
+
+/// Every group of a directory user, with how many are in it.
+#[utoipa::path(get, path = "/admin/groups", tag = "admin",
+    responses((status = 200, description = "`{groups: [{name, users}]}`", body = Object)),
+    security(("bearer" = [])))]
+pub async fn list_groups(State(sso): State<Shared>, headers: HeaderMap) -> Response {
+    list(sso, headers, Label::Group).await
+}
+
+/// The users with a role, a page at a time.
+#[utoipa::path(get, path = "/admin/roles/{role}/users", tag = "admin", params(
+        ("role" = String, Path, description = "The role"), MemberQuery),
+    responses((status = 200, description = "`{users, next}`", body = Object)),
+    security(("bearer" = [])))]
+pub async fn role_members(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(role): Path<String>,
+    Query(query): Query<MemberQuery>,
+) -> Response {
+    members(sso, headers, Label::Role, role, query).await
+}
+
+/// The users in a group, a page at a time.
+#[utoipa::path(get, path = "/admin/groups/{group}/users", tag = "admin", params(
+        ("group" = String, Path, description = "The group"), MemberQuery),
+    responses((status = 200, description = "`{users, next}`", body = Object)),
+    security(("bearer" = [])))]
+pub async fn group_members(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+    Query(query): Query<MemberQuery>,
+) -> Response {
+    members(sso, headers, Label::Group, group, query).await
+}
+
+/// Gives a user a role (idempotent).
+#[utoipa::path(put, path = "/admin/users/{username}/roles/{role}", tag = "admin", params(
+        ("username" = String, Path, description = "The user's name"),
+        ("role" = String, Path, description = "The role")),
+    responses((status = 204, description = "Given"),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody),
+        (status = 409, description = "A user of the users file", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn give_role(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path((username, role)): Path<(String, String)>,
+) -> Response {
+    assign(sso, headers, Label::Role, username, role, true).await
+}
+
+/// Takes a role from a user; their sessions end (their tokens carry it).
+#[utoipa::path(delete, path = "/admin/users/{username}/roles/{role}", tag = "admin", params(
+        ("username" = String, Path, description = "The user's name"),
+        ("role" = String, Path, description = "The role")),
+    responses((status = 204, description = "Taken"),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn take_role(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path((username, role)): Path<(String, String)>,
+) -> Response {
+    assign(sso, headers, Label::Role, username, role, false).await
+}
+
+/// Puts a user in a group (idempotent).
+#[utoipa::path(put, path = "/admin/users/{username}/groups/{group}", tag = "admin", params(
+        ("username" = String, Path, description = "The user's name"),
+        ("group" = String, Path, description = "The group")),
+    responses((status = 204, description = "Given"),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn give_group(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path((username, group)): Path<(String, String)>,
+) -> Response {
+    assign(sso, headers, Label::Group, username, group, true).await
+}
+
+/// Takes a user out of a group; their sessions end.
+#[utoipa::path(delete, path = "/admin/users/{username}/groups/{group}", tag = "admin", params(
+        ("username" = String, Path, description = "The user's name"),
+        ("group" = String, Path, description = "The group")),
+    responses((status = 204, description = "Taken"),
+        (status = 404, description = "No such user", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn take_group(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path((username, group)): Path<(String, String)>,
+) -> Response {
+    assign(sso, headers, Label::Group, username, group, false).await
+}
