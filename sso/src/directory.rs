@@ -268,6 +268,19 @@ fn like_pattern(search: &str) -> String {
     format!("%{escaped}%")
 }
 
+/// A user's id, inside a transaction that goes on to change the user.
+async fn user_id(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    username: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query("SELECT id FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()
+}
+
 fn user_from(row: &AnyRow) -> Result<(String, User), sqlx::Error> {
     Ok((
         row.try_get("id")?,
@@ -408,13 +421,7 @@ impl Directory for SqlDirectory {
         change: UserChange,
     ) -> Result<bool, DirectoryError> {
         let mut tx = self.pool.begin().await?;
-        let id: Option<String> = sqlx::query("SELECT id FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        let Some(id) = id else {
+        let Some(id) = user_id(&mut tx, username).await? else {
             return Ok(false);
         };
         let set =
@@ -538,13 +545,7 @@ impl Directory for SqlDirectory {
     ) -> Result<bool, DirectoryError> {
         let (table, column) = label.table();
         let mut tx = self.pool.begin().await?;
-        let id: Option<String> = sqlx::query("SELECT id FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?;
-        let Some(id) = id else {
+        let Some(id) = user_id(&mut tx, username).await? else {
             return Ok(false);
         };
         let sql = if given {
