@@ -340,10 +340,16 @@ routes:
             _b.stderr()
         );
     }
-    let logs = format!("{}{}", _a.stderr(), _a.stdout());
+    // (Logged just after the sessions ended: perhaps a moment after the
+    // check above saw it.)
+    let accepted = eventually(Duration::from_secs(2), || async {
+        format!("{}{}", _a.stderr(), _a.stdout()).contains("back-channel logout ended 1 session(s)")
+    })
+    .await;
     assert!(
-        logs.contains("back-channel logout ended 1 session(s)"),
-        "the provider's logout token was accepted:\n{logs}"
+        accepted,
+        "the provider's logout token was accepted:\n{}",
+        _a.stderr()
     );
     assert_eq!(refreshes().await, 2, "no refresh after the logout");
 }
