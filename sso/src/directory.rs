@@ -254,6 +254,29 @@ impl SqlDirectory {
         Ok(by_user)
     }
 
+    /// Deletes a user or a client (`delete`, one key) and, in the same
+    /// transaction, the consents that name it (`consent_column` = key);
+    /// `false` when nothing was deleted.
+    async fn delete_with_consents(
+        &self,
+        delete: &str,
+        consent_column: &str,
+        key: &str,
+    ) -> Result<bool, DirectoryError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(delete)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(&format!("DELETE FROM consents WHERE {consent_column} = $1"))
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
     fn is_unique_violation(e: &sqlx::Error) -> bool {
         matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
     }
@@ -491,18 +514,8 @@ impl Directory for SqlDirectory {
     }
 
     async fn delete_user(&self, username: &str) -> Result<bool, DirectoryError> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM users WHERE username = $1")
-            .bind(username)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM consents WHERE subject = $1")
-            .bind(username)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(deleted > 0)
+        self.delete_with_consents("DELETE FROM users WHERE username = $1", "subject", username)
+            .await
     }
 
     async fn labels(&self, label: Label) -> Result<Vec<(String, i64)>, DirectoryError> {
@@ -626,18 +639,12 @@ impl Directory for SqlDirectory {
     }
 
     async fn delete_client(&self, client_id: &str) -> Result<bool, DirectoryError> {
-        let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query("DELETE FROM consents WHERE client_id = $1")
-            .bind(client_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(deleted > 0)
+        self.delete_with_consents(
+            "DELETE FROM clients WHERE client_id = $1",
+            "client_id",
+            client_id,
+        )
+        .await
     }
 
     async fn consent(

@@ -5,12 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::json;
-use utoipa::IntoParams;
 
 use super::{answer, bad_body, unavailable};
-use crate::directory::MAX_PAGE;
 use crate::oauth::OAuthError;
 use crate::{audit, Shared, Sso};
 
@@ -153,36 +150,24 @@ pub async fn create_client(
     )
 }
 
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ClientListQuery {
-    /// The last client id of the previous page.
-    after: Option<String>,
-    /// Clients per page (1 to 500). Defaults to 100.
-    limit: Option<u32>,
-}
-
 /// Clients registered at run time, by id, a page at a time.
-#[utoipa::path(get, path = "/admin/clients", tag = "admin", params(ClientListQuery),
+#[utoipa::path(get, path = "/admin/clients", tag = "admin", params(super::PageQuery),
     responses((status = 200, description = "A page of clients", body = Object)),
     security(("bearer" = [])))]
 pub async fn list_clients(
     State(sso): State<Shared>,
     headers: HeaderMap,
-    Query(query): Query<ClientListQuery>,
+    Query(page): Query<super::PageQuery>,
 ) -> Response {
     answer(
         async {
             sso.admin(&headers).await?;
-            let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
             let clients = sso
                 .directory
-                .clients(query.after.as_deref(), limit)
+                .clients(page.after(), page.limit())
                 .await
                 .map_err(unavailable)?;
-            let next = (clients.len() == limit as usize)
-                .then(|| clients.last().map(|c| c.client_id.clone()))
-                .flatten();
+            let next = page.next(&clients, |c| &c.client_id);
             let views: Vec<_> = clients
                 .iter()
                 .map(|c| client_view(c, "directory"))

@@ -7,22 +7,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::json;
-use utoipa::IntoParams;
 
 use super::{answer, not_found, unavailable};
-use crate::directory::{Label, MAX_PAGE};
+use crate::directory::Label;
 use crate::{audit, Shared};
-
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct MemberQuery {
-    /// The last user name of the previous page.
-    after: Option<String>,
-    /// Users per page (1 to 500). Defaults to 100.
-    limit: Option<u32>,
-}
 
 fn plural(label: Label) -> &'static str {
     match label {
@@ -51,20 +40,17 @@ async fn members(
     headers: HeaderMap,
     label: Label,
     name: String,
-    query: MemberQuery,
+    query: super::PageQuery,
 ) -> Response {
     answer(
         async {
             sso.admin(&headers).await?;
-            let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
             let users = sso
                 .directory
-                .members(label, &name, query.after.as_deref(), limit)
+                .members(label, &name, query.after(), query.limit())
                 .await
                 .map_err(unavailable)?;
-            let next = (users.len() == limit as usize)
-                .then(|| users.last().cloned())
-                .flatten();
+            let next = query.next(&users, String::as_str);
             Ok(Json(json!({ "users": users, "next": next })).into_response())
         }
         .await,
@@ -123,28 +109,28 @@ pub async fn list_groups(State(sso): State<Shared>, headers: HeaderMap) -> Respo
 
 /// The users with a role, a page at a time.
 #[utoipa::path(get, path = "/admin/roles/{role}/users", tag = "admin", params(
-        ("role" = String, Path, description = "The role"), MemberQuery),
+        ("role" = String, Path, description = "The role"), super::PageQuery),
     responses((status = 200, description = "`{users, next}`", body = Object)),
     security(("bearer" = [])))]
 pub async fn role_members(
     State(sso): State<Shared>,
     headers: HeaderMap,
     Path(role): Path<String>,
-    Query(query): Query<MemberQuery>,
+    Query(query): Query<super::PageQuery>,
 ) -> Response {
     members(sso, headers, Label::Role, role, query).await
 }
 
 /// The users in a group, a page at a time.
 #[utoipa::path(get, path = "/admin/groups/{group}/users", tag = "admin", params(
-        ("group" = String, Path, description = "The group"), MemberQuery),
+        ("group" = String, Path, description = "The group"), super::PageQuery),
     responses((status = 200, description = "`{users, next}`", body = Object)),
     security(("bearer" = [])))]
 pub async fn group_members(
     State(sso): State<Shared>,
     headers: HeaderMap,
     Path(group): Path<String>,
-    Query(query): Query<MemberQuery>,
+    Query(query): Query<super::PageQuery>,
 ) -> Response {
     members(sso, headers, Label::Group, group, query).await
 }

@@ -33,6 +33,36 @@ pub(crate) use clients::{check_client, new_client_secret};
 pub use labels::*;
 pub use users::*;
 
+/// Where a page of a list starts and how long it is (keyset paging).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// The last key (name or id) of the previous page.
+    after: Option<String>,
+    /// Items per page (1 to 500). Defaults to 100.
+    limit: Option<u32>,
+}
+
+impl PageQuery {
+    pub(super) fn after(&self) -> Option<&str> {
+        self.after.as_deref()
+    }
+
+    pub(super) fn limit(&self) -> u32 {
+        self.limit
+            .unwrap_or(100)
+            .clamp(1, crate::directory::MAX_PAGE)
+    }
+
+    /// The `after` of the next page: the last item's key when the page is
+    /// full (there may be more), else none.
+    pub(super) fn next<T>(&self, items: &[T], key: impl Fn(&T) -> &str) -> Option<String> {
+        (items.len() == self.limit() as usize)
+            .then(|| items.last().map(|item| key(item).to_owned()))
+            .flatten()
+    }
+}
+
 pub(super) fn not_found() -> OAuthError {
     OAuthError::new(StatusCode::NOT_FOUND, "not_found", "no such user")
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{answer, bad_body, not_found, read_only, unavailable};
-use crate::directory::{UserChange, UserRecord, MAX_PAGE};
+use crate::directory::{UserChange, UserRecord};
 use crate::oauth::OAuthError;
 use crate::users::RegisterRefused;
 use crate::{audit, Shared, Sso};
@@ -63,13 +63,9 @@ pub struct UserPage {
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
+pub struct SearchQuery {
     /// Part of the user name or email (case-insensitive).
     search: Option<String>,
-    /// The last user name of the previous page.
-    after: Option<String>,
-    /// Users per page (1 to 500). Defaults to 100.
-    limit: Option<u32>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -161,7 +157,7 @@ impl Sso {
 }
 
 /// Users created at run time, by name, a page at a time.
-#[utoipa::path(get, path = "/admin/users", tag = "admin", params(ListQuery),
+#[utoipa::path(get, path = "/admin/users", tag = "admin", params(SearchQuery, super::PageQuery),
     responses((status = 200, description = "A page of users", body = UserPage),
         (status = 401, description = "No active token", body = crate::api_doc::OAuthErrorBody),
         (status = 403, description = "Not an admin", body = crate::api_doc::OAuthErrorBody)),
@@ -169,20 +165,18 @@ impl Sso {
 pub async fn list_users(
     State(sso): State<Shared>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    Query(search): Query<SearchQuery>,
+    Query(page): Query<super::PageQuery>,
 ) -> Response {
     answer(
         async {
             let admin = sso.admin(&headers).await?;
-            let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
             let records = sso
                 .directory
-                .users(query.search.as_deref(), query.after.as_deref(), limit)
+                .users(search.search.as_deref(), page.after(), page.limit())
                 .await
                 .map_err(unavailable)?;
-            let next = (records.len() == limit as usize)
-                .then(|| records.last().map(|r| r.user.username.clone()))
-                .flatten();
+            let next = page.next(&records, |r| &r.user.username);
             audit(json!({ "event": "admin_users_listed", "by": admin.subject }));
             let users = records
                 .iter()
