@@ -60,6 +60,7 @@ fn signing(c: &mut Criterion) {
                         roles: &roles,
                         groups: &[],
                         lifetime: 3600,
+                        methods: None,
                     },
                 )
                 .map(|s| s.token.len())

@@ -656,6 +656,18 @@ pub struct RouteAuth {
     /// Allowed client ids (`client_id` or `azp` claim). Defaults to any.
     #[serde(default)]
     pub client_ids: Vec<String>,
+    /// The token's `acr` (how strongly the user signed in) must be one of
+    /// these, e.g. `urn:portcullis:acr:mfa`; otherwise 401 with RFC 9470's
+    /// `insufficient_user_authentication` and these as `acr_values`, so
+    /// the client can ask the provider for a stronger sign-in. Defaults
+    /// to any.
+    #[serde(default)]
+    pub require_acr: Vec<String>,
+    /// The token's `amr` must contain all of these (RFC 8176 names: `mfa`,
+    /// `otp`, `hwk`, …); otherwise 401 `insufficient_user_authentication`.
+    /// Defaults to none.
+    #[serde(default)]
+    pub require_amr: Vec<String>,
     /// A browser (`GET`, `Accept: text/html`) without credentials is sent
     /// to `identity.login` instead of a 401. Defaults to false.
     #[serde(default)]

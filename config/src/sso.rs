@@ -74,6 +74,21 @@ pub struct SsoConfig {
     /// Where users, roles and consents live.
     #[serde(default)]
     pub directory: DirectoryConfig,
+    /// Second factors (TOTP, passkeys) and who must use one.
+    #[serde(default)]
+    pub mfa: Mfa,
+}
+
+/// Multi-factor authentication. A user with a second factor is always
+/// asked for it; `required_roles`, a client's `require_mfa` and an
+/// authorization request's `acr_values` decide who must have one.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Mfa {
+    /// Users with one of these roles must sign in with a second factor (to
+    /// any client). Defaults to none.
+    #[serde(default)]
+    pub required_roles: Vec<String>,
 }
 
 /// The identity directory's database.
@@ -544,6 +559,11 @@ pub struct Client {
     /// needs to end just that session. Defaults to true.
     #[serde(default = "default_true")]
     pub backchannel_logout_session_required: bool,
+    /// Users signing in to this client need a second factor (TOTP or a
+    /// passkey); tokens then carry `acr` `urn:portcullis:acr:mfa`.
+    /// Defaults to false.
+    #[serde(default)]
+    pub require_mfa: bool,
     /// Overrides the type's default lifetimes.
     #[serde(default)]
     pub access_token_ttl: Option<Duration>,

@@ -16,6 +16,8 @@ pub enum GatewayError {
     InvalidToken,
     #[error("forbidden")]
     Forbidden,
+    #[error("a stronger sign-in is required")]
+    InsufficientUserAuthentication,
     #[error("the identity provider is unavailable")]
     IdentityUnavailable,
     #[error("too many requests")]
@@ -62,7 +64,9 @@ impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
             GatewayError::NoRoute => 404,
-            GatewayError::Unauthorized | GatewayError::InvalidToken => 401,
+            GatewayError::Unauthorized
+            | GatewayError::InvalidToken
+            | GatewayError::InsufficientUserAuthentication => 401,
             GatewayError::Forbidden => 403,
             GatewayError::IdentityUnavailable | GatewayError::LimiterUnavailable => 503,
             GatewayError::TooManyRequests => 429,
@@ -114,6 +118,9 @@ impl GatewayError {
         match self {
             GatewayError::InvalidToken => Some("invalid_token"),
             GatewayError::Forbidden => Some("insufficient_scope"),
+            GatewayError::InsufficientUserAuthentication => {
+                Some("insufficient_user_authentication")
+            }
             _ => None,
         }
     }

@@ -133,6 +133,15 @@ impl Gateway {
                 ctx.reason = Some("lacks a required role, scope or claim");
                 (GatewayError::Forbidden, CHALLENGE_FORBIDDEN.clone())
             }
+            AuthError::InsufficientAuthentication => {
+                ctx.reason = Some("signed in without the route's acr or amr");
+                let challenge = ctx
+                    .route
+                    .and_then(|route| ctx.snapshot.route_auth.get(route))
+                    .and_then(|policy| policy.step_up_challenge.clone())
+                    .unwrap_or_else(|| CHALLENGE.clone());
+                (GatewayError::InsufficientUserAuthentication, challenge)
+            }
             AuthError::Unavailable => {
                 return self
                     .reject(session, ctx, GatewayError::IdentityUnavailable)

@@ -18,10 +18,12 @@ use utoipa::{OpenApi, ToSchema};
         crate::admin::get_client, crate::admin::update_client, crate::admin::rotate_client_secret,
         crate::admin::delete_client, crate::admin::list_roles, crate::admin::list_groups,
         crate::admin::role_members, crate::admin::group_members, crate::admin::give_role,
-        crate::admin::take_role, crate::admin::give_group, crate::admin::take_group),
+        crate::admin::take_role, crate::admin::give_group, crate::admin::take_group,
+        crate::admin::list_audit),
     components(schemas(TokenForm, TokenResponse, OAuthErrorBody, TokenRequestForm, IntrospectionResponse,
         crate::admin::UserView, crate::admin::UserPage, crate::admin::NewUser,
-        crate::admin::UserPatch, crate::admin::NewPassword)),
+        crate::admin::UserPatch, crate::admin::NewPassword, crate::admin::AuditView,
+        crate::admin::AuditPage)),
     tags((name = "oidc", description = "OpenID Connect and OAuth 2.0"),
         (name = "admin", description = "For operators: an access token with the admin role"))
 )]

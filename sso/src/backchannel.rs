@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use crate::keys::now_secs;
 use crate::oauth::{random_id, sign_typed};
 use crate::store::digest;
-use crate::{audit, Sso};
+use crate::Sso;
 
 /// The event a logout token carries (§2.4).
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
@@ -44,7 +44,7 @@ impl Sso {
             Ok(Some(Value::Array(items))) => items,
             _ => Vec::new(),
         };
-        sessions.push(json!({ "sid": sid, "record": record }));
+        sessions.push(json!({ "sid": sid, "record": record, "created": now_secs() }));
         let excess = sessions.len().saturating_sub(MAX_USER_SESSIONS);
         sessions.drain(..excess);
         let _ = self
@@ -70,6 +70,46 @@ impl Sso {
             }
             self.end_session_everywhere(sid, sub).await;
         }
+        ended
+    }
+
+    /// The live sessions of `sub`: (`sid`, when it began), newest last.
+    pub(crate) async fn sessions_of(&self, sub: &str) -> Vec<(String, u64)> {
+        let sessions = match self.store.get(&Self::user_sessions_key(sub)).await {
+            Ok(Some(Value::Array(items))) => items,
+            _ => return Vec::new(),
+        };
+        let mut live = Vec::new();
+        for session in &sessions {
+            let (Some(sid), Some(record)) = (session["sid"].as_str(), session["record"].as_str())
+            else {
+                continue;
+            };
+            if let Ok(Some(_)) = self.store.get(&format!("session:{record}")).await {
+                live.push((sid.to_owned(), session["created"].as_u64().unwrap_or(0)));
+            }
+        }
+        live
+    }
+
+    /// Ends one session of `sub` (by its `sid`); whether it was live.
+    pub(crate) async fn end_one_session(self: &std::sync::Arc<Self>, sub: &str, sid: &str) -> bool {
+        let sessions = match self.store.get(&Self::user_sessions_key(sub)).await {
+            Ok(Some(Value::Array(items))) => items,
+            _ => return false,
+        };
+        let Some(record) = sessions
+            .iter()
+            .find(|s| s["sid"].as_str() == Some(sid))
+            .and_then(|s| s["record"].as_str())
+        else {
+            return false;
+        };
+        let ended = matches!(
+            self.store.take(&format!("session:{record}")).await,
+            Ok(Some(_))
+        );
+        self.end_session_everywhere(sid, sub).await;
         ended
     }
 
@@ -140,6 +180,7 @@ impl Sso {
         }
         for (client_id, uri, token) in targets {
             let http = self.http.clone();
+            let sso = std::sync::Arc::clone(self);
             tokio::spawn(async move {
                 let sent = http
                     .post(&uri)
@@ -148,7 +189,7 @@ impl Sso {
                     .send()
                     .await;
                 let status = sent.map_or(0, |r| r.status().as_u16());
-                audit(
+                sso.audit(
                     json!({ "event": "backchannel_logout", "client_id": client_id,
                     "status": status, "delivered": status == 200 }),
                 );

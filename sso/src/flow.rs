@@ -22,10 +22,11 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::keys::now_secs;
+use crate::mfa::Methods;
 use crate::oauth::random_id;
 use crate::store::digest;
 use crate::users::LoginRefused;
-use crate::{audit, Shared, Sso};
+use crate::{Shared, Sso};
 
 /// How long a user may take to fill the login form.
 const PENDING_TTL: Duration = Duration::from_secs(600);
@@ -42,6 +43,7 @@ pub struct AuthorizeQuery {
     code_challenge_method: Option<String>,
     prompt: Option<String>,
     max_age: Option<u64>,
+    acr_values: Option<String>,
 }
 
 /// An authorization request waiting for login or consent.
@@ -54,6 +56,12 @@ pub struct Pending {
     pub nonce: Option<String>,
     pub code_challenge: Option<String>,
     pub csrf: String,
+    /// The levels the client asked for (`acr_values`).
+    #[serde(default)]
+    pub acr_values: Option<String>,
+    /// A sign-in to the account page, not for a client.
+    #[serde(default)]
+    pub account: bool,
 }
 
 /// What an authorization code stands for.
@@ -69,16 +77,37 @@ pub struct CodeGrant {
     /// The SSO session the code was issued in.
     #[serde(default)]
     pub sid: Option<String>,
+    /// How the user signed in (`amr`).
+    #[serde(default)]
+    pub methods: Methods,
 }
 
 /// A login session. `sid` is its public name (in ID and logout tokens);
 /// the cookie's secret id is never shown to clients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct LoginSession {
-    sub: String,
-    auth_time: u64,
+pub(crate) struct LoginSession {
+    pub(crate) sub: String,
+    pub(crate) auth_time: u64,
     #[serde(default)]
-    sid: String,
+    pub(crate) sid: String,
+    /// How the user signed in; empty in sessions from before second
+    /// factors (a password).
+    #[serde(default)]
+    pub(crate) methods: Methods,
+}
+
+/// Where a completed sign-in goes.
+pub(crate) enum AfterSignIn<'a> {
+    /// On with an authorization request (consent or code).
+    Authorize {
+        request_id: &'a str,
+        pending: &'a Pending,
+        client: &'a Client,
+    },
+    /// To the account page.
+    Account,
+    /// A page saying so (after a registration without a client).
+    Page,
 }
 
 impl Sso {
@@ -97,11 +126,14 @@ impl Sso {
                 let mut response = Html(html).into_response();
                 let headers = response.headers_mut();
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                // No framing (clickjacking of the forms), no external anything.
+                // No framing (clickjacking of the forms), no external
+                // anything. No `form-action`: browsers apply it to the
+                // redirect that follows a post, and the sign-in forms end
+                // in a redirect to the client (Chromium blocked it).
                 headers.insert(
                     header::CONTENT_SECURITY_POLICY,
                     HeaderValue::from_static(
-                        "default-src 'none'; style-src 'unsafe-inline'; img-src https: data:; form-action 'self'; frame-ancestors 'none'",
+                        "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src https: data:; frame-ancestors 'none'",
                     ),
                 );
                 headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -127,7 +159,7 @@ impl Sso {
         response
     }
 
-    fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
+    pub(crate) fn cookie(&self, name: &str, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.config.session.secure_cookies {
             "; Secure"
         } else {
@@ -148,14 +180,19 @@ impl Sso {
         format!("{}_csrf", self.config.session.cookie)
     }
 
-    async fn session(&self, headers: &HeaderMap) -> Option<LoginSession> {
-        let id = cookie_value(headers, &self.config.session.cookie)?;
+    pub(crate) async fn session(&self, headers: &HeaderMap) -> Option<LoginSession> {
+        let id = self.session_cookie(headers)?;
         let value = self
             .store
             .get(&format!("session:{}", digest(&id)))
             .await
             .ok()??;
         serde_json::from_value(value).ok()
+    }
+
+    /// The session cookie's value (the session's secret id).
+    pub(crate) fn session_cookie(&self, headers: &HeaderMap) -> Option<String> {
+        cookie_value(headers, &self.config.session.cookie)
     }
 
     /// Back to the client with an error (only for a verified redirect URI).
@@ -183,6 +220,7 @@ impl Sso {
             auth_time: session.auth_time,
             code_challenge: pending.code_challenge.clone(),
             sid: (!session.sid.is_empty()).then(|| session.sid.clone()),
+            methods: session.methods.clone(),
         };
         let stored = self
             .store
@@ -198,7 +236,7 @@ impl Sso {
         if !session.sid.is_empty() {
             self.remember_client(&session.sid, &pending.client_id).await;
         }
-        audit(
+        self.audit(
             json!({ "event": "code_issued", "client_id": pending.client_id, "sub": session.sub }),
         );
         let mut params = vec![("code", code)];
@@ -227,11 +265,11 @@ impl Sso {
             .all(|s| s.is_empty() || granted.contains(&s))
     }
 
-    fn login_form(
+    pub(crate) fn login_form(
         &self,
         request_id: &str,
         pending: &Pending,
-        client: &Client,
+        client: Option<&Client>,
         username: &str,
         error: Option<&str>,
         status: StatusCode,
@@ -242,8 +280,9 @@ impl Sso {
                 "action": format!("{}/login", self.base_path),
                 "request": request_id,
                 "csrf": pending.csrf,
-                "client_name": display_name(client),
+                "client_name": client.map(display_name),
                 "username": username,
+                "passkeys": self.passkeys.is_some(),
                 "error": error,
                 "register": (self.config.users.registration != portcullis_config::sso::Registration::Closed)
                     .then(|| format!("{}/register?request={request_id}", self.base_path)),
@@ -297,13 +336,15 @@ impl Sso {
     pub(crate) async fn signed_in(
         &self,
         sub: &str,
-        authorization: Option<(&str, &Pending, &Client)>,
+        methods: Methods,
+        next: AfterSignIn<'_>,
     ) -> Response {
         let session_id = random_id(32);
         let session = LoginSession {
             sub: sub.to_owned(),
             auth_time: now_secs(),
             sid: random_id(16),
+            methods,
         };
         let ttl = self.config.session.ttl.0;
         let stored = self
@@ -315,16 +356,16 @@ impl Sso {
             )
             .await;
         if stored.is_err() {
-            return self.message_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "Sign-in is unavailable right now.",
-            );
+            return self.sign_in_unavailable();
         }
         self.remember_user_session(&session.sub, &session.sid, &digest(&session_id))
             .await;
-        let mut response = match authorization {
-            Some((request_id, pending, client)) => {
+        let mut response = match next {
+            AfterSignIn::Authorize {
+                request_id,
+                pending,
+                client,
+            } => {
                 if self.consented(&session.sub, client, &pending.scope).await {
                     let _ = self
                         .store
@@ -335,7 +376,12 @@ impl Sso {
                     self.consent_form(request_id, pending, client)
                 }
             }
-            None => self.message_page(StatusCode::OK, "Signed in", "Your account is ready."),
+            AfterSignIn::Account => {
+                Redirect::to(&format!("{}/account", self.base_path)).into_response()
+            }
+            AfterSignIn::Page => {
+                self.message_page(StatusCode::OK, "Signed in", "Your account is ready.")
+            }
         };
         response.headers_mut().append(
             header::SET_COOKIE,
@@ -346,7 +392,7 @@ impl Sso {
 
     /// The pending request a form names, if it exists and the form passes
     /// the CSRF check; else the page to answer.
-    async fn posted_pending(
+    pub(crate) async fn posted_pending(
         &self,
         headers: &HeaderMap,
         request: &str,
@@ -367,6 +413,45 @@ impl Sso {
             ));
         }
         Ok(pending)
+    }
+
+    /// Keeps an authorization request (or an account sign-in) for its
+    /// forms; the id the forms carry, or `None` when the store failed.
+    pub(crate) async fn store_pending(&self, pending: &Pending) -> Option<String> {
+        let request_id = random_id(24);
+        self.store
+            .put(
+                &format!("pending:{}", digest(&request_id)),
+                &serde_json::to_value(pending).unwrap_or_default(),
+                PENDING_TTL,
+            )
+            .await
+            .ok()?;
+        Some(request_id)
+    }
+
+    /// The client a pending request is for: none for an account sign-in;
+    /// a page when it is gone (deleted since).
+    pub(crate) async fn pending_client(
+        &self,
+        pending: &Pending,
+    ) -> Result<Option<Arc<Client>>, Response> {
+        if pending.account {
+            return Ok(None);
+        }
+        match self.client(&pending.client_id).await {
+            Some(client) => Ok(Some(client)),
+            None => Err(self.message_page(StatusCode::BAD_REQUEST, "Unknown application", "")),
+        }
+    }
+
+    /// The page when the store or the directory cannot be reached.
+    pub(crate) fn sign_in_unavailable(&self) -> Response {
+        self.message_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again later",
+            "Sign-in is unavailable right now.",
+        )
     }
 
     /// The form's CSRF token must match the pending request's and the cookie.
@@ -432,6 +517,8 @@ pub async fn authorize(
         nonce: query.nonce.clone(),
         code_challenge: None,
         csrf: random_id(24),
+        acr_values: query.acr_values.clone(),
+        account: false,
     };
     if !client.grants().contains(&GrantType::AuthorizationCode) {
         return sso.redirect_error(
@@ -494,6 +581,23 @@ pub async fn authorize(
                 .max_age
                 .is_none_or(|max| now_secs().saturating_sub(s.auth_time) <= max)
     });
+    // A session without the second factor this sign-in needs is not
+    // enough: the user signs in again, with it (step-up).
+    let session = match session {
+        Some(s) if !s.methods.is_multi_factor() => {
+            let needs = match sso.users.get(&s.sub).await {
+                Some(user) => crate::mfa::required(
+                    &sso.config,
+                    Some(&client),
+                    &user,
+                    pending.acr_values.as_deref(),
+                ),
+                None => true,
+            };
+            (!needs).then_some(s)
+        }
+        other => other,
+    };
     if session.is_none() && prompt.split(' ').any(|p| p == "none") {
         return sso.redirect_error(&pending, "login_required", "no session");
     }
@@ -505,21 +609,19 @@ pub async fn authorize(
             return sso.redirect_error(&pending, "consent_required", "consent needed");
         }
     }
-    let request_id = random_id(24);
-    let stored = sso
-        .store
-        .put(
-            &format!("pending:{}", digest(&request_id)),
-            &serde_json::to_value(&pending).unwrap_or_default(),
-            PENDING_TTL,
-        )
-        .await;
-    if stored.is_err() {
+    let Some(request_id) = sso.store_pending(&pending).await else {
         return sso.redirect_error(&pending, "temporarily_unavailable", "try again");
-    }
+    };
     match session {
         Some(_) => sso.consent_form(&request_id, &pending, &client),
-        None => sso.login_form(&request_id, &pending, &client, "", None, StatusCode::OK),
+        None => sso.login_form(
+            &request_id,
+            &pending,
+            Some(&client),
+            "",
+            None,
+            StatusCode::OK,
+        ),
     }
 }
 
@@ -546,7 +648,11 @@ pub struct LoginForm {
     request: String,
     csrf: String,
     username: String,
+    #[serde(default)]
     password: String,
+    /// `passkey`: sign in with a passkey instead of the password.
+    #[serde(default)]
+    method: String,
 }
 
 pub async fn login(
@@ -562,11 +668,20 @@ pub async fn login(
         Ok(pending) => pending,
         Err(page) => return page,
     };
-    let Some(client) = sso.client(&pending.client_id).await else {
-        return sso.message_page(StatusCode::BAD_REQUEST, "Unknown application", "");
+    let client = match sso.pending_client(&pending).await {
+        Ok(client) => client,
+        Err(page) => return page,
     };
+    let client = client.as_deref();
     let ip = sso.client_ip(peer.ip(), &headers);
     let username = form.username.trim();
+    if form.method == "passkey" && sso.passkeys.is_some() {
+        // Whether the account exists or has passkeys is not told: the
+        // same page comes either way, and only a real passkey passes.
+        return sso
+            .factor_form(&form.request, &pending, client, username, false, None)
+            .await;
+    }
     let outcome = sso
         .users
         .login(
@@ -580,51 +695,78 @@ pub async fn login(
     let user = match outcome {
         Ok(Ok(user)) => user,
         Ok(Err(refused)) => {
-            let (status, message) = match refused {
-                LoginRefused::Invalid => (
-                    StatusCode::UNAUTHORIZED,
-                    "Wrong user name or password.".to_owned(),
-                ),
-                LoginRefused::Locked(seconds) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!("Too many failed attempts. Wait {seconds} seconds and try again."),
-                ),
-            };
-            audit(
-                json!({ "event": "login_failed", "client_id": client.client_id,
+            sso.audit(
+                json!({ "event": "login_failed", "client_id": client.map(|c| c.client_id.clone()),
                 "username_digest": digest(username), "ip": ip.to_string(),
                 "locked": matches!(refused, LoginRefused::Locked(_)) }),
             );
-            let mut response = sso.login_form(
-                &form.request,
-                &pending,
-                &client,
-                username,
-                Some(&message),
-                status,
-            );
-            if let LoginRefused::Locked(seconds) = refused {
-                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-            }
-            return response;
+            return sso.login_refused(&form.request, &pending, client, username, refused);
         }
         Err(e) => {
             log::error!("login: {e}");
-            return sso.message_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "Sign-in is unavailable right now.",
-            );
+            return sso.sign_in_unavailable();
         }
     };
-    audit(
-        json!({ "event": "login", "sub": user.username, "client_id": client.client_id,
-        "ip": ip.to_string() }),
+    sso.audit(
+        json!({ "event": "login", "sub": user.username, "client_id": client.map(|c| c.client_id.clone()),
+        "ip": ip.to_string(), "amr": ["pwd"] }),
     );
-    sso.signed_in(&user.username, Some((&form.request, &pending, &client)))
+    sso.after_password(&form.request, &pending, client, &user)
         .await
+}
+
+impl Sso {
+    /// The login form again, saying why: the same words for a wrong name
+    /// and a wrong password; a lockout says how long (and `Retry-After`).
+    pub(crate) fn login_refused(
+        &self,
+        request_id: &str,
+        pending: &Pending,
+        client: Option<&Client>,
+        username: &str,
+        refused: LoginRefused,
+    ) -> Response {
+        let (status, message) = match refused {
+            LoginRefused::Invalid => (
+                StatusCode::UNAUTHORIZED,
+                "Wrong user name or password.".to_owned(),
+            ),
+            LoginRefused::Locked(seconds) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed attempts. Wait {seconds} seconds and try again."),
+            ),
+        };
+        let mut response = self.login_form(
+            request_id,
+            pending,
+            client,
+            username,
+            Some(&message),
+            status,
+        );
+        if let LoginRefused::Locked(seconds) = refused {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+
+    /// Where a completed sign-in for `pending` goes.
+    pub(crate) fn after_sign_in<'a>(
+        request_id: &'a str,
+        pending: &'a Pending,
+        client: Option<&'a Client>,
+    ) -> AfterSignIn<'a> {
+        match client {
+            Some(client) => AfterSignIn::Authorize {
+                request_id,
+                pending,
+                client,
+            },
+            None => AfterSignIn::Account,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -658,7 +800,7 @@ pub async fn consent(
         .delete(&format!("pending:{}", digest(&form.request)))
         .await;
     if form.decision != "allow" {
-        audit(
+        sso.audit(
             json!({ "event": "consent_denied", "sub": session.sub, "client_id": pending.client_id }),
         );
         return sso.redirect_error(&pending, "access_denied", "the user denied the request");
@@ -671,7 +813,7 @@ pub async fn consent(
         // The code is still issued; the user is asked again next time.
         log::error!("{e}");
     }
-    audit(
+    sso.audit(
         json!({ "event": "consent_granted", "sub": session.sub, "client_id": pending.client_id, "scope": pending.scope }),
     );
     sso.complete(&pending, &session).await
@@ -783,7 +925,7 @@ async fn end_session_with(sso: Arc<Sso>, headers: HeaderMap, query: EndSessionQu
     if let Some(session) = session.as_ref().filter(|s| !s.sid.is_empty()) {
         sso.end_session_everywhere(&session.sid, &session.sub).await;
     }
-    audit(
+    sso.audit(
         json!({ "event": "logout", "sub": session.as_ref().map(|s| s.sub.clone()),
         "client_id": client.as_ref().map(|c| c.client_id.clone()) }),
     );

@@ -18,9 +18,10 @@ use subtle::ConstantTimeEq;
 use crate::clients::ClientAuth;
 use crate::flow::CodeGrant;
 use crate::keys::now_secs;
+use crate::mfa::Methods;
 use crate::oauth::{self, random_id, AccessClaims, OAuthError};
 use crate::store::digest;
-use crate::{audit, Sso};
+use crate::Sso;
 
 #[derive(Deserialize)]
 pub struct TokenRequest {
@@ -52,6 +53,9 @@ struct RefreshRecord {
     /// `offline_access`).
     #[serde(default)]
     sid: Option<String>,
+    /// How the user signed in; refreshed tokens say the same.
+    #[serde(default)]
+    methods: Methods,
 }
 
 /// How long a reuse waits for the first use's answer.
@@ -221,9 +225,10 @@ impl Sso {
                 roles: &client.roles,
                 groups: &[],
                 lifetime: lifetime.as_secs(),
+                methods: None,
             },
         )?;
-        audit(
+        self.audit(
             json!({ "event": "token_issued", "grant": "client_credentials",
             "client_id": client.client_id, "scope": scope, "jti": access.jti,
             "expires_in": lifetime.as_secs() }),
@@ -309,6 +314,7 @@ impl Sso {
             auth_time: grant.auth_time,
             expires_at: now_secs() + lifetimes.refresh_token_ttl.0.as_secs(),
             sid: grant.sid.clone(),
+            methods: grant.methods.clone(),
         };
         self.issue_for_user(
             client,
@@ -359,7 +365,7 @@ impl Sso {
         let user = match outcome {
             Ok(user) => user,
             Err(refused) => {
-                audit(json!({ "event": "login_failed", "grant": "password",
+                self.audit(json!({ "event": "login_failed", "grant": "password",
                     "client_id": client.client_id, "username_digest": digest(username.trim()),
                     "ip": peer.to_string() }));
                 return Err(match refused {
@@ -374,6 +380,18 @@ impl Sso {
                 });
             }
         };
+        // The password grant knows no second step: an account with a second
+        // factor (or one this client or its roles require) never passes
+        // on a password alone.
+        let has_factor = matches!(self.directory.totp(&user.username).await, Ok(Some(_)))
+            || !matches!(self.directory.passkeys(&user.username).await, Ok(p) if p.is_empty());
+        if has_factor || crate::mfa::required(&self.config, Some(client), &user, None) {
+            self.audit(json!({ "event": "login_refused", "grant": "password",
+                "client_id": client.client_id, "sub": user.username, "reason": "second factor" }));
+            return Err(invalid_grant(
+                "this account signs in with a second factor: use the authorization code flow",
+            ));
+        }
         let lifetimes = client.lifetimes(&self.config.defaults);
         let record = RefreshRecord {
             family: random_id(16),
@@ -383,6 +401,7 @@ impl Sso {
             auth_time: now_secs(),
             expires_at: now_secs() + lifetimes.refresh_token_ttl.0.as_secs(),
             sid: None,
+            methods: Methods::password(),
         };
         self.issue_for_user(client, &record, None, "password").await
     }
@@ -494,7 +513,7 @@ impl Sso {
             if let Some(sealed) = rotation.as_ref().and_then(|r| r["successor"].as_str()) {
                 let answer = successor::open(token, sealed)
                     .ok_or_else(|| invalid_grant("the refresh token was already used"))?;
-                audit(json!({ "event": "refresh_retried", "family": record.family,
+                self.audit(json!({ "event": "refresh_retried", "family": record.family,
                     "client_id": record.client_id, "sub": record.sub }));
                 return Ok(answer);
             }
@@ -531,6 +550,7 @@ impl Sso {
                 roles: &roles,
                 groups: &groups,
                 lifetime: lifetimes.access_token_ttl.0.as_secs(),
+                methods: Some(&record.methods),
             },
         )?;
         self.store
@@ -566,6 +586,8 @@ impl Sso {
             if let Some(sid) = &record.sid {
                 claims["sid"] = sid.clone().into();
             }
+            claims["amr"] = record.methods.as_slice().into();
+            claims["acr"] = record.methods.acr().into();
             if let Some(user) = &user {
                 add_profile_claims(&mut claims, user, &scopes);
             }
@@ -584,7 +606,7 @@ impl Sso {
                 .map_err(store_error)?;
             body["refresh_token"] = refresh.into();
         }
-        audit(
+        self.audit(
             json!({ "event": "token_issued", "grant": grant, "client_id": client.client_id,
             "sub": record.sub, "scope": record.scope, "jti": access.jti }),
         );
@@ -621,7 +643,7 @@ impl Sso {
             )
             .await
             .map_err(store_error)?;
-        audit(json!({ "event": "grant_revoked", "reason": reason, "family": family }));
+        self.audit(json!({ "event": "grant_revoked", "reason": reason, "family": family }));
         Ok(())
     }
 }

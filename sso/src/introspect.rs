@@ -10,7 +10,7 @@ use crate::grants::add_profile_claims;
 use crate::keys::now_secs;
 use crate::oauth::{verify_own, OAuthError};
 use crate::store::digest;
-use crate::{audit, Sso};
+use crate::Sso;
 
 #[derive(Deserialize)]
 pub struct TokenForm {
@@ -210,7 +210,7 @@ impl Sso {
                         Duration::from_secs(left.max(1)),
                     )
                     .await;
-                audit(
+                self.audit(
                     json!({ "event": "token_revoked", "client_id": client.client_id, "jti": jti }),
                 );
             }

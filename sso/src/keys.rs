@@ -568,6 +568,7 @@ mod tests {
                     roles: &[],
                     groups: &[],
                     lifetime: 60,
+                    methods: None,
                 },
             )
             .unwrap();

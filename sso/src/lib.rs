@@ -6,6 +6,11 @@
 //! - `users`: users and throttled password checks;
 //! - `flow`: `/authorize`, login and consent forms, logout;
 //! - `register`: self-service registration (closed, open, invite-only);
+//! - `factor`: the second sign-in step (TOTP, recovery code, passkey);
+//! - `mfa`: TOTP, recovery codes, `amr`/`acr`, who needs a second factor;
+//! - `passkeys`: WebAuthn through webauthn-rs;
+//! - `account`: the account page (password, authenticators, sessions);
+//! - `audit`: audit events to the log and the directory;
 //! - `grants`: the token endpoint (code + PKCE, refresh with rotation and
 //!   reuse detection, client credentials);
 //! - `introspect`: userinfo, introspection, revocation;
@@ -17,17 +22,22 @@
 //!
 //! Every endpoint sits under the issuer's path.
 
+mod account;
 mod admin;
 mod admin_cli;
 mod api_doc;
+mod audit;
 mod backchannel;
 mod clients;
 mod directory;
+mod factor;
 mod flow;
 mod grants;
 mod introspect;
 mod keys;
+mod mfa;
 mod oauth;
+mod passkeys;
 mod register;
 mod store;
 mod users;
@@ -85,14 +95,24 @@ struct Sso {
     users: users::Users,
     store: Arc<dyn store::Store>,
     directory: Arc<dyn directory::Directory>,
+    audit: audit::AuditLog,
     templates: minijinja::Environment<'static>,
     /// The issuer's path: every endpoint is under it.
     base_path: String,
     /// For back-channel logout: no redirects, no proxy, bounded.
     http: reqwest::Client,
+    /// The WebAuthn relying party; none when the issuer has no domain name.
+    passkeys: Option<passkeys::Passkeys>,
 }
 
 type Shared = Arc<Sso>;
+
+impl Sso {
+    /// Records an audit event (the log line and the directory's row).
+    pub(crate) fn audit(&self, event: serde_json::Value) {
+        self.audit.record(event);
+    }
+}
 
 /// Runs the OpenID Provider until SIGTERM or SIGINT.
 pub fn run(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
@@ -125,11 +145,13 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
     if !both.is_empty() {
         return Err(SsoError::SeedConflict { names: both });
     }
-    bootstrap_admin(&users, &config).await?;
+    let audit = audit::AuditLog::start(directory.clone());
+    bootstrap_admin(&users, &config, &audit).await?;
     let state = Arc::new(Sso {
         clients: Clients::new(&config.clients),
         users,
         directory,
+        audit,
         store: match (&config.store, &config.redis) {
             (portcullis_config::sso::StoreKind::Redis, Some(redis)) => Arc::new(
                 store::RedisStore::new(redis.url.expose(), &redis.key_prefix)
@@ -145,6 +167,7 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| SsoError::Store(format!("HTTP client: {e}")))?,
+        passkeys: passkeys::Passkeys::new(&config),
         keys,
         config,
     });
@@ -192,7 +215,11 @@ async fn open_directory(
 /// `PORTCULLIS_SSO_BOOTSTRAP_PASSWORD` gives the password. Created with the
 /// admin role when absent; an existing user is left as it is, so every
 /// restart and every replica may carry the variables.
-async fn bootstrap_admin(users: &users::Users, config: &SsoConfig) -> Result<(), SsoError> {
+async fn bootstrap_admin(
+    users: &users::Users,
+    config: &SsoConfig,
+    audit: &audit::AuditLog,
+) -> Result<(), SsoError> {
     let Ok(username) = std::env::var("PORTCULLIS_SSO_BOOTSTRAP_ADMIN") else {
         return Ok(());
     };
@@ -225,7 +252,7 @@ async fn bootstrap_admin(users: &users::Users, config: &SsoConfig) -> Result<(),
     };
     match users.register(admin).await {
         Ok(Ok(())) => {
-            audit(json!({ "event": "admin_bootstrapped", "sub": username }));
+            audit.record(json!({ "event": "admin_bootstrapped", "sub": username }));
             Ok(())
         }
         // Another replica created it a moment ago.
@@ -400,13 +427,35 @@ async fn shutdown_signal() {
 /// The page templates, compiled into the binary; `.html` autoescapes.
 fn templates() -> Result<minijinja::Environment<'static>, minijinja::Error> {
     let mut env = minijinja::Environment::new();
+    // Unix seconds as people read them (`Wed, 02 Dec 2026 18:51:26 GMT`).
+    env.add_filter("datetime", |seconds: u64| {
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(seconds))
+    });
     env.add_template("base.html", include_str!("../templates/base.html"))?;
     env.add_template("login.html", include_str!("../templates/login.html"))?;
     env.add_template("consent.html", include_str!("../templates/consent.html"))?;
     env.add_template("message.html", include_str!("../templates/message.html"))?;
     env.add_template("register.html", include_str!("../templates/register.html"))?;
     env.add_template("logout.html", include_str!("../templates/logout.html"))?;
+    env.add_template("factor.html", include_str!("../templates/factor.html"))?;
+    env.add_template("account.html", include_str!("../templates/account.html"))?;
     Ok(env)
+}
+
+/// The passkey ceremony's script for the sign-in and account pages (served
+/// from here: the pages load nothing from anywhere else).
+async fn passkeys_script() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        include_str!("../templates/passkeys.js"),
+    )
+        .into_response()
 }
 
 fn router(state: Shared) -> Router {
@@ -422,6 +471,10 @@ fn router(state: Shared) -> Router {
         .route(&format!("{base}/token"), post(token))
         .route(&format!("{base}/authorize"), get(flow::authorize))
         .route(&format!("{base}/login"), post(flow::login))
+        .route(&format!("{base}/login/factor"), post(factor::submit))
+        .route(&format!("{base}/account"), get(account::page))
+        .route(&format!("{base}/account/{{action}}"), post(account::act))
+        .route(&format!("{base}/assets/passkeys.js"), get(passkeys_script))
         .route(&format!("{base}/consent"), post(flow::consent))
         .route(
             &format!("{base}/register"),
@@ -452,6 +505,7 @@ fn router(state: Shared) -> Router {
             &format!("{base}/admin/users/{{username}}/sessions"),
             axum::routing::delete(admin::end_user_sessions),
         )
+        .route(&format!("{base}/admin/audit"), get(admin::list_audit))
         .route(&format!("{base}/admin/roles"), get(admin::list_roles))
         .route(&format!("{base}/admin/groups"), get(admin::list_groups))
         .route(
@@ -551,7 +605,8 @@ async fn discovery(State(sso): State<Shared>) -> Response {
         "id_token_signing_alg_values_supported": algorithms,
         "subject_types_supported": ["public"],
         "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash",
-            "sid", "preferred_username", "name", "email", "email_verified", "roles", "groups"],
+            "sid", "amr", "acr", "preferred_username", "name", "email", "email_verified", "roles", "groups"],
+        "acr_values_supported": [mfa::ACR_PASSWORD, mfa::ACR_MFA],
         "authorization_response_iss_parameter_supported": true,
         "backchannel_logout_supported": true,
         "backchannel_logout_session_supported": true,
@@ -596,7 +651,7 @@ async fn token(
     match sso.token(&headers, ip, request).await {
         Ok(body) => no_store(Json(body).into_response()),
         Err(e) => {
-            audit(json!({ "event": "token_refused", "error": e.code }));
+            sso.audit(json!({ "event": "token_refused", "error": e.code }));
             e.into_response()
         }
     }
@@ -683,13 +738,6 @@ fn client_ip(
         .rev()
         .find(|ip| !trusted(ip))
         .unwrap_or(peer)
-}
-
-/// One JSON line on stdout per security event; never a secret or a token.
-pub(crate) fn audit(mut event: serde_json::Value) {
-    event["time"] = keys::now_secs().into();
-    event["audit"] = true.into();
-    println!("{event}");
 }
 
 #[cfg(test)]

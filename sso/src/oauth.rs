@@ -81,6 +81,9 @@ pub struct AccessClaims<'a> {
     pub roles: &'a [String],
     pub groups: &'a [String],
     pub lifetime: u64,
+    /// How the user signed in (`amr`, and `acr` from it); none for a
+    /// client acting for itself.
+    pub methods: Option<&'a crate::mfa::Methods>,
 }
 
 /// A signed access token.
@@ -126,6 +129,10 @@ pub fn sign_access_token(
     }
     if !claims.groups.is_empty() {
         body["groups"] = claims.groups.into();
+    }
+    if let Some(methods) = claims.methods {
+        body["amr"] = methods.as_slice().into();
+        body["acr"] = methods.acr().into();
     }
     let token = encode_jws(&key, &header, &body)?;
     Ok(SignedAccess {

@@ -19,7 +19,7 @@ use crate::clients::hash_secret;
 use crate::oauth::random_id;
 use crate::store::digest;
 use crate::users::RegisterRefused;
-use crate::{audit, Shared, Sso};
+use crate::{Shared, Sso};
 
 /// Registration attempts allowed per client address per hour.
 const ATTEMPTS_PER_HOUR: u64 = 20;
@@ -201,7 +201,7 @@ pub async fn submit(
             );
         }
     }
-    audit(json!({ "event": "registered", "sub": user.username, "ip": ip.to_string() }));
+    sso.audit(json!({ "event": "registered", "sub": user.username, "ip": ip.to_string() }));
     let pending = match form.request.as_str() {
         "" => None,
         id => sso.load_pending(id).await,
@@ -211,10 +211,19 @@ pub async fn submit(
         None => None,
     };
     match (&pending, &client) {
+        // A client that needs a second factor gets the page that says how
+        // to set one up, not a code.
         (Some(pending), Some(client)) => {
-            sso.signed_in(&user.username, Some((&form.request, pending, client)))
+            sso.after_password(&form.request, pending, Some(client), &user)
                 .await
         }
-        _ => sso.signed_in(&user.username, None).await,
+        _ => {
+            sso.signed_in(
+                &user.username,
+                crate::mfa::Methods::password(),
+                crate::flow::AfterSignIn::Page,
+            )
+            .await
+        }
     }
 }

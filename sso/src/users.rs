@@ -117,18 +117,10 @@ impl Users {
         password: &str,
         ip: Option<IpAddr>,
     ) -> Result<Result<Arc<User>, LoginRefused>, StoreError> {
-        let account_key = format!("lock:acct:{}", crate::store::digest(username));
-        let ip_key = ip.map(|ip| format!("lock:ip:{ip}"));
-        let now = now_secs();
-        for key in std::iter::once(&account_key).chain(ip_key.as_ref()) {
-            if let Some(lock) = store.get(key).await? {
-                let until = lock["until"].as_u64().unwrap_or(0);
-                if until > now {
-                    // Still checked: a locked account answers as slowly as any.
-                    let _ = verify_secret(password.to_owned(), self.decoy_hash.clone()).await;
-                    return Ok(Err(LoginRefused::Locked(until - now)));
-                }
-            }
+        if let Some(seconds) = self.locked(store, username, ip).await? {
+            // Still checked: a locked account answers as slowly as any.
+            let _ = verify_secret(password.to_owned(), self.decoy_hash.clone()).await;
+            return Ok(Err(LoginRefused::Locked(seconds)));
         }
         let user = self.get(username).await;
         let hash = user
@@ -137,42 +129,85 @@ impl Users {
         let matches = verify_secret(password.to_owned(), hash).await;
         match user {
             Some(user) if matches && !user.disabled => {
-                store
-                    .delete(&format!("fail:acct:{}", crate::store::digest(username)))
-                    .await?;
+                self.succeeded(store, username).await?;
                 Ok(Ok(user))
             }
-            _ => {
-                let window = Duration::from_secs(3600);
-                let account_failures = store
-                    .incr(
-                        &format!("fail:acct:{}", crate::store::digest(username)),
-                        window,
-                    )
-                    .await?;
-                let mut locked = self
-                    .lock_if(
-                        store,
-                        policy,
-                        &account_key,
-                        account_failures,
-                        policy.max_failures,
-                    )
-                    .await?;
-                if let (Some(ip), Some(ip_key)) = (ip, &ip_key) {
-                    let ip_failures = store.incr(&format!("fail:ip:{ip}"), window).await?;
-                    let ip_locked = self
-                        .lock_if(store, policy, ip_key, ip_failures, policy.max_failures * 4)
-                        .await?;
-                    locked = locked.max(ip_locked);
+            _ => Ok(Err(self.failed(store, policy, username, ip).await?)),
+        }
+    }
+
+    fn lock_keys(username: &str, ip: Option<IpAddr>) -> (String, Option<String>) {
+        (
+            format!("lock:acct:{}", crate::store::digest(username)),
+            ip.map(|ip| format!("lock:ip:{ip}")),
+        )
+    }
+
+    /// Seconds the account (or the client's address) is still locked for.
+    pub async fn locked(
+        &self,
+        store: &dyn Store,
+        username: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Option<u64>, StoreError> {
+        let (account_key, ip_key) = Self::lock_keys(username, ip);
+        let now = now_secs();
+        for key in std::iter::once(&account_key).chain(ip_key.as_ref()) {
+            if let Some(lock) = store.get(key).await? {
+                let until = lock["until"].as_u64().unwrap_or(0);
+                if until > now {
+                    return Ok(Some(until - now));
                 }
-                Ok(Err(if locked > 0 {
-                    LoginRefused::Locked(locked)
-                } else {
-                    LoginRefused::Invalid
-                }))
             }
         }
+        Ok(None)
+    }
+
+    /// A sign-in step succeeded: the account's failures are forgotten.
+    pub async fn succeeded(&self, store: &dyn Store, username: &str) -> Result<(), StoreError> {
+        store
+            .delete(&format!("fail:acct:{}", crate::store::digest(username)))
+            .await
+    }
+
+    /// A sign-in step failed (a password, a code, a passkey): counted per
+    /// account and per address; locks once there are too many.
+    pub async fn failed(
+        &self,
+        store: &dyn Store,
+        policy: &Login,
+        username: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<LoginRefused, StoreError> {
+        let (account_key, ip_key) = Self::lock_keys(username, ip);
+        let window = Duration::from_secs(3600);
+        let account_failures = store
+            .incr(
+                &format!("fail:acct:{}", crate::store::digest(username)),
+                window,
+            )
+            .await?;
+        let mut locked = self
+            .lock_if(
+                store,
+                policy,
+                &account_key,
+                account_failures,
+                policy.max_failures,
+            )
+            .await?;
+        if let (Some(ip), Some(ip_key)) = (ip, &ip_key) {
+            let ip_failures = store.incr(&format!("fail:ip:{ip}"), window).await?;
+            let ip_locked = self
+                .lock_if(store, policy, ip_key, ip_failures, policy.max_failures * 4)
+                .await?;
+            locked = locked.max(ip_locked);
+        }
+        Ok(if locked > 0 {
+            LoginRefused::Locked(locked)
+        } else {
+            LoginRefused::Invalid
+        })
     }
 
     /// Locks once `failures` reaches `max`; each further failure doubles

@@ -224,6 +224,7 @@ async fn every_admin_endpoint_needs_the_admin_role_and_does_its_job() {
         ("DELETE", "/admin/users/dora", None, 204, ""),
         ("GET", "/admin/users/dora", None, 404, "not_found"),
         ("DELETE", "/admin/users/dora", None, 404, "not_found"),
+        ("GET", "/admin/audit?limit=1", None, 200, "\"events\":[{"),
     ];
     for (i, (method, path, body, want, says)) in cases.iter().enumerate() {
         let (status, answer) = call(sso, method, path, body.as_ref(), None).await;
@@ -275,6 +276,75 @@ async fn every_admin_endpoint_needs_the_admin_role_and_does_its_job() {
         }
     }
     assert_eq!(seen, ["page1", "page2", "page3", "page4", "page5"]);
+    // The audit trail through the API: dora's story, newest first, with
+    // who did it; written a moment after each call (in batches).
+    let story = |page: &Value| -> Vec<String> {
+        page["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        let page = call(sso, "GET", "/admin/audit?sub=dora", None, Some(&admin))
+            .await
+            .1;
+        let done = story(&page).first().map(String::as_str) == Some("admin_user_deleted");
+        if done || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        story(&page).first().map(String::as_str),
+        Some("admin_user_deleted"),
+        "{page}"
+    );
+    let events = story(&page);
+    assert!(
+        events.contains(&"admin_user_created".to_owned()),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&"admin_password_set".to_owned()),
+        "{events:?}"
+    );
+    assert!(page["events"][0]["by"] == "ops", "{page}");
+    let (_, one) = call(
+        sso,
+        "GET",
+        "/admin/audit?sub=dora&limit=1",
+        None,
+        Some(&admin),
+    )
+    .await;
+    let next = one["next"].as_str().expect("a next page").to_owned();
+    let (_, older) = call(
+        sso,
+        "GET",
+        &format!("/admin/audit?sub=dora&limit=1&before={next}"),
+        None,
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(story(&older), events[1..2], "{older}");
+    let (_, only) = call(
+        sso,
+        "GET",
+        "/admin/audit?event=admin_password_set",
+        None,
+        Some(&admin),
+    )
+    .await;
+    assert!(
+        story(&only).iter().all(|e| e == "admin_password_set"),
+        "{only}"
+    );
     let log = setup.sso_log();
     for event in [
         "admin_user_created",

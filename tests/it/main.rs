@@ -11,6 +11,7 @@ mod health;
 mod introspection;
 mod lifecycle;
 mod limits;
+mod mfa;
 mod oidc;
 mod openapi;
 mod portal;

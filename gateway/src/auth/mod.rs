@@ -34,6 +34,10 @@ pub enum AuthError {
     Invalid(&'static str),
     #[error("the caller lacks a required role")]
     Forbidden,
+    /// RFC 9470: the user signed in, but not strongly enough (`acr`,
+    /// `amr`) for this route.
+    #[error("the user must sign in with a stronger method")]
+    InsufficientAuthentication,
     #[error("the identity provider cannot be asked")]
     Unavailable,
 }
@@ -77,6 +81,13 @@ pub struct RoutePolicy {
     scopes_all: Vec<String>,
     claims: Vec<(String, String)>,
     client_ids: Vec<String>,
+    /// The token's `acr` must be one of these (none: any).
+    require_acr: Vec<String>,
+    /// The token's `amr` must hold all of these.
+    require_amr: Vec<String>,
+    /// The RFC 9470 challenge for a token that fails `require_acr` or
+    /// `require_amr`, built once.
+    pub step_up_challenge: Option<HeaderValue>,
     /// API keys are accepted too.
     pub api_keys: bool,
     /// Browsers without credentials are sent to the login page.
@@ -95,6 +106,9 @@ impl RoutePolicy {
             scopes_all: Vec::new(),
             claims: Vec::new(),
             client_ids: Vec::new(),
+            require_acr: Vec::new(),
+            require_amr: Vec::new(),
+            step_up_challenge: None,
             api_keys: false,
             login_redirect: false,
         }
@@ -119,9 +133,27 @@ impl RoutePolicy {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             client_ids: auth.client_ids.clone(),
+            require_acr: auth.require_acr.clone(),
+            require_amr: auth.require_amr.clone(),
+            step_up_challenge: (!auth.require_acr.is_empty() || !auth.require_amr.is_empty())
+                .then(|| step_up_challenge(&auth.require_acr)),
             api_keys: auth.api_keys,
             login_redirect: auth.login_redirect,
         }
+    }
+
+    /// RFC 9470: whether the user signed in strongly enough for the route
+    /// (`acr` one of `require_acr`, `amr` holding all of `require_amr`).
+    pub fn authenticated_enough(&self, identity: &Identity) -> bool {
+        let acr_ok = self.require_acr.is_empty()
+            || matches!(identity.raw_claims.get("acr"),
+                Some(serde_json::Value::String(acr)) if self.require_acr.contains(acr));
+        let amr_ok = self.require_amr.iter().all(|want| {
+            matches!(identity.raw_claims.get("amr"),
+                Some(serde_json::Value::Array(methods))
+                    if methods.iter().any(|m| m.as_str() == Some(want.as_str())))
+        });
+        acr_ok && amr_ok
     }
 
     /// RBAC: roles (all of `roles_all`, one of `roles_any`), scopes the
@@ -154,6 +186,32 @@ impl RoutePolicy {
     fn accepts_provider(&self, provider: usize) -> bool {
         self.providers.is_empty() || self.providers.contains(&provider)
     }
+}
+
+/// `WWW-Authenticate` for RFC 9470 step-up: the error, and the levels that
+/// would do as `acr_values` (those that can be quoted: values with spaces,
+/// `"`, `\` or controls are left out rather than break the header).
+fn step_up_challenge(acr_values: &[String]) -> HeaderValue {
+    let quotable: Vec<&str> = acr_values
+        .iter()
+        .map(String::as_str)
+        .filter(|v| {
+            !v.is_empty()
+                && v.bytes()
+                    .all(|b| (0x21..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        })
+        .collect();
+    let mut text = String::from(
+        "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"A different authentication level is required\"",
+    );
+    if !quotable.is_empty() {
+        text.push_str(&format!(", acr_values=\"{}\"", quotable.join(" ")));
+    }
+    HeaderValue::from_str(&text).unwrap_or_else(|_| {
+        HeaderValue::from_static(
+            "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\"",
+        )
+    })
 }
 
 struct CompiledProvider {
@@ -523,6 +581,10 @@ impl Authenticator {
                 None => return Ok(None),
             },
         };
+        // A stronger sign-in may bring other roles: asked for first.
+        if !policy.authenticated_enough(&identity) {
+            return Err(AuthError::InsufficientAuthentication);
+        }
         if !policy.allows(&identity) {
             return Err(AuthError::Forbidden);
         }

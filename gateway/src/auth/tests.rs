@@ -80,6 +80,9 @@ fn rbac_any_and_all() {
         scopes_all: Vec::new(),
         claims: Vec::new(),
         client_ids: Vec::new(),
+        require_acr: Vec::new(),
+        require_amr: Vec::new(),
+        step_up_challenge: None,
         api_keys: false,
         login_redirect: false,
     };
@@ -89,6 +92,55 @@ fn rbac_any_and_all() {
     assert!(policy(&[], &["a", "b"]).allows(&identity(&["b", "a", "c"])));
     assert!(!policy(&[], &["a", "b"]).allows(&identity(&["a"])));
     assert!(!policy(&["x"], &["a"]).allows(&identity(&["a"])));
+}
+
+#[test]
+fn step_up_needs_the_acr_and_every_amr() {
+    let identity = |claims: serde_json::Value| Identity {
+        provider: 0,
+        subject: None,
+        roles: Vec::new(),
+        headers: Vec::new(),
+        claims: Vec::new(),
+        scopes: Vec::new(),
+        client_id: None,
+        raw_claims: claims.as_object().cloned().unwrap_or_default(),
+        expires_at: 0,
+    };
+    let policy = |acr: &[&str], amr: &[&str]| {
+        let auth = config::RouteAuth {
+            require_acr: acr.iter().map(|s| s.to_string()).collect(),
+            require_amr: amr.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        RoutePolicy::compile(&auth, &config::Identity::default())
+    };
+    let mfa = "urn:portcullis:acr:mfa";
+    let password =
+        identity(serde_json::json!({ "acr": "urn:portcullis:acr:password", "amr": ["pwd"] }));
+    let totp = identity(serde_json::json!({ "acr": mfa, "amr": ["pwd", "otp", "mfa"] }));
+    let odd = identity(serde_json::json!({ "acr": [mfa], "amr": "mfa" }));
+    assert!(policy(&[], &[]).authenticated_enough(&password));
+    assert!(policy(&[], &[]).step_up_challenge.is_none());
+    assert!(!policy(&[mfa], &[]).authenticated_enough(&password));
+    assert!(policy(&[mfa], &[]).authenticated_enough(&totp));
+    assert!(
+        !policy(&[mfa], &[]).authenticated_enough(&odd),
+        "acr must be a string"
+    );
+    assert!(
+        !policy(&[], &["mfa"]).authenticated_enough(&odd),
+        "amr must be an array"
+    );
+    assert!(policy(&[], &["otp", "mfa"]).authenticated_enough(&totp));
+    assert!(!policy(&[], &["otp", "hwk"]).authenticated_enough(&totp));
+    let challenge = policy(&[mfa, "bad value", "q\"uote"], &[])
+        .step_up_challenge
+        .unwrap();
+    assert_eq!(
+        challenge.to_str().unwrap(),
+        "Bearer realm=\"portcullis\", error=\"insufficient_user_authentication\", error_description=\"A different authentication level is required\", acr_values=\"urn:portcullis:acr:mfa\""
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{answer, bad_body, unavailable};
 use crate::oauth::OAuthError;
-use crate::{audit, Shared, Sso};
+use crate::{Shared, Sso};
 
 /// A client as the admin API shows it: its definition (the config file's
 /// shape) without the secret's hash, and where it comes from.
@@ -136,7 +136,7 @@ pub async fn create_client(
             {
                 return Err(taken);
             }
-            audit(
+            sso.audit(
                 json!({ "event": "admin_client_created", "by": admin.subject,
                 "client_id": client.client_id }),
             );
@@ -255,7 +255,7 @@ pub async fn update_client(
                     "no such client",
                 ));
             }
-            audit(
+            sso.audit(
                 json!({ "event": "admin_client_changed", "by": admin.subject,
                 "client_id": client_id }),
             );
@@ -291,7 +291,7 @@ pub async fn rotate_client_secret(
                 .replace_client(&client)
                 .await
                 .map_err(unavailable)?;
-            audit(
+            sso.audit(
                 json!({ "event": "admin_client_secret_rotated", "by": admin.subject,
                 "client_id": client_id }),
             );
@@ -321,7 +321,7 @@ pub async fn delete_client(
                 .delete_client(&client_id)
                 .await
                 .map_err(unavailable)?;
-            audit(
+            sso.audit(
                 json!({ "event": "admin_client_deleted", "by": admin.subject,
                 "client_id": client_id }),
             );

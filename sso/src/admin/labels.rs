@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{answer, not_found, unavailable};
 use crate::directory::Label;
-use crate::{audit, Shared};
+use crate::Shared;
 
 fn plural(label: Label) -> &'static str {
     match label {
@@ -81,7 +81,7 @@ async fn assign(
             if !given {
                 Arc::clone(&sso).end_all_sessions_of(&username).await;
             }
-            audit(
+            sso.audit(
                 json!({ "event": if given { "admin_label_given" } else { "admin_label_taken" },
                 "by": admin.subject, "sub": username, plural(label): name }),
             );

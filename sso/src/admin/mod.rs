@@ -11,7 +11,7 @@
 //! refresh tokens stop working.
 //!
 //! - `users`: the directory's users; - `labels`: their roles and groups;
-//!   - `clients`: clients registered at run time. Here: who may call, the answers' shape, ending sessions.
+//!   - `clients`: clients registered at run time; - `audit`: the audit trail. Here: who may call, the answers' shape, ending sessions.
 
 use std::sync::Arc;
 
@@ -22,12 +22,14 @@ use axum::Json;
 use serde_json::json;
 
 use crate::oauth::OAuthError;
-use crate::{audit, no_store, Shared, Sso};
+use crate::{no_store, Shared, Sso};
 
+mod audit;
 mod clients;
 mod labels;
 mod users;
 
+pub use audit::*;
 pub use clients::*;
 pub(crate) use clients::{check_client, new_client_secret};
 pub use labels::*;
@@ -113,7 +115,7 @@ impl Sso {
             .is_some_and(|roles| roles.iter().any(|r| r == self.config.admin.role.as_str()));
         let subject = claims["sub"].as_str().unwrap_or_default().to_owned();
         if !has_role {
-            audit(json!({ "event": "admin_refused", "by": subject }));
+            self.audit(json!({ "event": "admin_refused", "by": subject }));
             return Err(OAuthError::new(
                 StatusCode::FORBIDDEN,
                 "insufficient_scope",
@@ -151,7 +153,7 @@ pub async fn end_user_sessions(
         Err(e) => return e.into_response(),
     };
     let ended = Arc::clone(&sso).end_all_sessions_of(&username).await;
-    audit(
+    sso.audit(
         json!({ "event": "admin_sessions_ended", "by": admin.subject, "sub": username,
         "ended": ended }),
     );

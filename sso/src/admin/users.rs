@@ -15,7 +15,7 @@ use super::{answer, bad_body, not_found, read_only, unavailable};
 use crate::directory::{UserChange, UserRecord};
 use crate::oauth::OAuthError;
 use crate::users::RegisterRefused;
-use crate::{audit, Shared, Sso};
+use crate::{Shared, Sso};
 
 /// A user as the admin API shows it (never the password hash).
 #[derive(Serialize, ToSchema)]
@@ -177,7 +177,7 @@ pub async fn list_users(
                 .await
                 .map_err(unavailable)?;
             let next = page.next(&records, |r| &r.user.username);
-            audit(json!({ "event": "admin_users_listed", "by": admin.subject }));
+            sso.audit(json!({ "event": "admin_users_listed", "by": admin.subject }));
             let users = records
                 .iter()
                 .map(|r| UserView::of(&r.user, Some(r)))
@@ -228,7 +228,7 @@ pub async fn create_user(
                 }
                 Err(RegisterRefused::Invalid(why)) => return Err(OAuthError::invalid_request(why)),
             }
-            audit(
+            sso.audit(
                 json!({ "event": "admin_user_created", "by": admin.subject, "sub": user.username }),
             );
             let record = sso.directory_user(&user.username).await?;
@@ -295,7 +295,7 @@ pub async fn update_user(
                 password_hash: None,
             };
             let record = sso.changed(&username, change, disables).await?;
-            audit(
+            sso.audit(
                 json!({ "event": "admin_user_changed", "by": admin.subject, "sub": username,
             "disabled": record.user.disabled }),
             );
@@ -328,7 +328,9 @@ pub async fn set_password(
                 ..UserChange::default()
             };
             sso.changed(&username, change, true).await?;
-            audit(json!({ "event": "admin_password_set", "by": admin.subject, "sub": username }));
+            sso.audit(
+                json!({ "event": "admin_password_set", "by": admin.subject, "sub": username }),
+            );
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
@@ -360,7 +362,9 @@ pub async fn delete_user(
                 return Err(not_found());
             }
             Arc::clone(&sso).end_all_sessions_of(&username).await;
-            audit(json!({ "event": "admin_user_deleted", "by": admin.subject, "sub": username }));
+            sso.audit(
+                json!({ "event": "admin_user_deleted", "by": admin.subject, "sub": username }),
+            );
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

@@ -20,6 +20,12 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::Row;
 
+mod audit;
+mod factors;
+
+pub use audit::{AuditEvent, AuditQuery, AuditTrail};
+pub use factors::{Factors, PasskeyRecord};
+
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
     #[error("directory: {0}")]
@@ -69,9 +75,11 @@ impl Label {
     }
 }
 
-/// What the rest of the SSO needs of the directory.
+/// What the rest of the SSO needs of the directory: users, labels,
+/// clients and consents here; second factors and the audit trail in their
+/// own modules.
 #[async_trait]
-pub trait Directory: Send + Sync {
+pub trait Directory: Factors + AuditTrail + Send + Sync {
     /// A user by name, with roles and groups.
     async fn user(&self, username: &str) -> Result<Option<User>, DirectoryError>;
     /// Creates a user; `false` when the name is taken (atomically: two
@@ -142,9 +150,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "directory",
-        include_str!("../migrations/0001_directory.sql"),
+        include_str!("../../migrations/0001_directory.sql"),
     ),
-    (2, "clients", include_str!("../migrations/0002_clients.sql")),
+    (
+        2,
+        "clients",
+        include_str!("../../migrations/0002_clients.sql"),
+    ),
+    (
+        3,
+        "factors and audit",
+        include_str!("../../migrations/0003_factors_audit.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -255,12 +272,12 @@ impl SqlDirectory {
     }
 
     /// Deletes a user or a client (`delete`, one key) and, in the same
-    /// transaction, the consents that name it (`consent_column` = key);
-    /// `false` when nothing was deleted.
-    async fn delete_with_consents(
+    /// transaction, the rows of other tables that name it (table, column
+    /// holding the key); `false` when nothing was deleted.
+    async fn delete_with_dependents(
         &self,
         delete: &str,
-        consent_column: &str,
+        dependents: &[(&str, &str)],
         key: &str,
     ) -> Result<bool, DirectoryError> {
         let mut tx = self.pool.begin().await?;
@@ -269,10 +286,12 @@ impl SqlDirectory {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        sqlx::query(&format!("DELETE FROM consents WHERE {consent_column} = $1"))
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+        for (table, column) in dependents {
+            sqlx::query(&format!("DELETE FROM {table} WHERE {column} = $1"))
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(deleted > 0)
     }
@@ -514,8 +533,17 @@ impl Directory for SqlDirectory {
     }
 
     async fn delete_user(&self, username: &str) -> Result<bool, DirectoryError> {
-        self.delete_with_consents("DELETE FROM users WHERE username = $1", "subject", username)
-            .await
+        self.delete_with_dependents(
+            "DELETE FROM users WHERE username = $1",
+            &[
+                ("consents", "subject"),
+                ("totp_credentials", "username"),
+                ("recovery_codes", "username"),
+                ("passkeys", "username"),
+            ],
+            username,
+        )
+        .await
     }
 
     async fn labels(&self, label: Label) -> Result<Vec<(String, i64)>, DirectoryError> {
@@ -639,9 +667,9 @@ impl Directory for SqlDirectory {
     }
 
     async fn delete_client(&self, client_id: &str) -> Result<bool, DirectoryError> {
-        self.delete_with_consents(
+        self.delete_with_dependents(
             "DELETE FROM clients WHERE client_id = $1",
-            "client_id",
+            &[("consents", "client_id")],
             client_id,
         )
         .await
