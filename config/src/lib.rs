@@ -147,6 +147,81 @@ pub fn load_users(path: &Path) -> Result<sso::UsersFile, LoadError> {
     Ok(users)
 }
 
+/// Users of the users file at `path` whose names the directory also has:
+/// one problem at each `users[i].username` (a name in both is a config
+/// error, with a location).
+pub fn users_also_in_directory(path: &Path, names: &[String]) -> LoadError {
+    let located = names_with_spans(
+        path,
+        |file: &sso::UsersFile, checker| checker.users(file),
+        |file| file.users.iter().map(|u| u.username.clone()).collect(),
+    );
+    located_conflicts(
+        path,
+        "users",
+        "username",
+        located,
+        names,
+        "is also a user in the directory (created at run time): remove it from one",
+    )
+}
+
+/// Clients of the SSO config at `path` whose ids the directory also has
+/// (registered at run time): one problem at each `clients[i].client_id`.
+pub fn clients_also_in_directory(path: &Path, ids: &[String]) -> LoadError {
+    let located = names_with_spans(
+        path,
+        |config: &SsoConfig, checker| checker.sso(config),
+        |config| config.clients.iter().map(|c| c.client_id.clone()).collect(),
+    );
+    located_conflicts(
+        path,
+        "clients",
+        "client_id",
+        located,
+        ids,
+        "is also a client in the directory (registered at run time): remove it from one",
+    )
+}
+
+/// The file at `path` read again (an error path only), the names of one
+/// of its lists in order, and its positions.
+fn names_with_spans<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    check: impl FnOnce(&T, &mut validate::Checker<'_>),
+    names: impl FnOnce(&T) -> Vec<String>,
+) -> Option<(Vec<String>, SpanIndex)> {
+    let env = |name: &str| std::env::var(name).ok();
+    let text = std::fs::read_to_string(path).ok()?;
+    let (document, spans) = load_document(&text, path, &env, check).ok()?;
+    Some((names(&document), spans))
+}
+
+fn located_conflicts(
+    path: &Path,
+    list: &str,
+    field: &str,
+    located: Option<(Vec<String>, SpanIndex)>,
+    names: &[String],
+    message: &str,
+) -> LoadError {
+    let mut errors = ConfigErrors::new(path.display().to_string());
+    let (in_file, spans) = located.unwrap_or_default();
+    for name in names {
+        let index = in_file.iter().position(|n| n == name);
+        let key = match index {
+            Some(i) => KeyPath::default()
+                .child_key(list)
+                .child_index(i)
+                .child_key(field),
+            None => KeyPath::default().child_key(list),
+        };
+        let span = spans.find(&key);
+        errors.push(span, key, format!("`{name}` {message}"));
+    }
+    LoadError::Invalid(errors)
+}
+
 /// Parse, interpolate, deserialize collecting every problem, then `check`.
 fn load_document<T: serde::de::DeserializeOwned>(
     text: &str,

@@ -35,22 +35,24 @@ struct Notice<'a> {
 }
 
 impl Sso {
-    /// The account forms' token: a digest of the session's secret id.
-    fn account_csrf(session_id: &str) -> String {
-        digest(&format!("portcullis-account\0{session_id}"))
+    /// A form token of the signed-in pages: a digest of the session's
+    /// secret id and the page's purpose (`account`, `console`).
+    pub(crate) fn session_form_token(purpose: &str, session_id: &str) -> String {
+        digest(&format!("portcullis-{purpose}\0{session_id}"))
     }
 
     /// The signed-in user and the session's secret id, when the posted
-    /// token is the session's.
-    async fn account_session(
+    /// token (if any) is the session's for `purpose`.
+    pub(crate) async fn session_for_form(
         &self,
         headers: &HeaderMap,
+        purpose: &str,
         csrf: Option<&str>,
     ) -> Option<(LoginSession, String)> {
         let id = self.session_cookie(headers)?;
         let session = self.session(headers).await?;
         if let Some(csrf) = csrf {
-            let expected = Self::account_csrf(&id);
+            let expected = Self::session_form_token(purpose, &id);
             if !bool::from(expected.as_bytes().ct_eq(csrf.as_bytes())) {
                 return None;
             }
@@ -91,7 +93,7 @@ impl Sso {
         let mut context = json!({
             "base": self.base_path,
             "script": format!("{}/assets/passkeys.js", self.base_path),
-            "csrf": Self::account_csrf(session_id),
+            "csrf": Self::session_form_token("account", session_id),
             "username": sub,
             "name": user.as_ref().and_then(|u| u.name.clone()),
             "seed_user": self.users.is_seed(sub),
@@ -114,8 +116,9 @@ impl Sso {
         response
     }
 
-    /// Without a session: a sign-in that comes back to the account page.
-    async fn account_sign_in(&self) -> Response {
+    /// Without a session: a sign-in that comes back to the account page
+    /// (or the console).
+    pub(crate) async fn account_sign_in(&self, console: bool) -> Response {
         let pending = Pending {
             client_id: String::new(),
             redirect_uri: String::new(),
@@ -126,6 +129,7 @@ impl Sso {
             csrf: random_id(24),
             acr_values: None,
             account: true,
+            console,
         };
         let Some(request_id) = self.store_pending(&pending).await else {
             return self.sign_in_unavailable();
@@ -133,7 +137,7 @@ impl Sso {
         self.login_form(&request_id, &pending, None, "", None, StatusCode::OK)
     }
 
-    fn expired(&self) -> Response {
+    pub(crate) fn expired(&self) -> Response {
         self.message_page(
             StatusCode::FORBIDDEN,
             "Request refused",
@@ -148,14 +152,16 @@ impl Sso {
 
 /// `GET {issuer}/account`.
 pub async fn page(State(sso): State<Shared>, headers: HeaderMap) -> Response {
-    match sso.account_session(&headers, None).await {
+    match sso.session_for_form(&headers, "account", None).await {
         Some((session, id)) => sso.account_page(&session, &id, None, json!({})).await,
-        None => sso.account_sign_in().await,
+        None => sso.account_sign_in(false).await,
     }
 }
 
 #[derive(Deserialize)]
 pub struct AccountForm {
+    /// Absent: refused like a wrong one (403), not a 422.
+    #[serde(default)]
     csrf: String,
     #[serde(default)]
     current_password: String,
@@ -180,7 +186,10 @@ pub async fn act(
     headers: HeaderMap,
     Form(form): Form<AccountForm>,
 ) -> Response {
-    let Some((session, session_id)) = sso.account_session(&headers, Some(&form.csrf)).await else {
+    let Some((session, session_id)) = sso
+        .session_for_form(&headers, "account", Some(&form.csrf))
+        .await
+    else {
         return sso.expired();
     };
     let sub = session.sub.clone();

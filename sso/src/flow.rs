@@ -62,6 +62,9 @@ pub struct Pending {
     /// A sign-in to the account page, not for a client.
     #[serde(default)]
     pub account: bool,
+    /// With `account`: to the admin console afterwards.
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// What an authorization code stands for.
@@ -104,8 +107,8 @@ pub(crate) enum AfterSignIn<'a> {
         pending: &'a Pending,
         client: &'a Client,
     },
-    /// To the account page.
-    Account,
+    /// To a page of the SSO's own (`/account`, `/console`).
+    Own(&'static str),
     /// A page saying so (after a registration without a client).
     Page,
 }
@@ -376,8 +379,8 @@ impl Sso {
                     self.consent_form(request_id, pending, client)
                 }
             }
-            AfterSignIn::Account => {
-                Redirect::to(&format!("{}/account", self.base_path)).into_response()
+            AfterSignIn::Own(path) => {
+                Redirect::to(&format!("{}{path}", self.base_path)).into_response()
             }
             AfterSignIn::Page => {
                 self.message_page(StatusCode::OK, "Signed in", "Your account is ready.")
@@ -519,6 +522,7 @@ pub async fn authorize(
         csrf: random_id(24),
         acr_values: query.acr_values.clone(),
         account: false,
+        console: false,
     };
     if !client.grants().contains(&GrantType::AuthorizationCode) {
         return sso.redirect_error(
@@ -764,7 +768,8 @@ impl Sso {
                 pending,
                 client,
             },
-            None => AfterSignIn::Account,
+            None if pending.console => AfterSignIn::Own("/console"),
+            None => AfterSignIn::Own("/account"),
         }
     }
 }

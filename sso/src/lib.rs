@@ -10,6 +10,7 @@
 //! - `mfa`: TOTP, recovery codes, `amr`/`acr`, who needs a second factor;
 //! - `passkeys`: WebAuthn through webauthn-rs;
 //! - `account`: the account page (password, authenticators, sessions);
+//! - `console`: the admin console (the admin API's operations as pages);
 //! - `audit`: audit events to the log and the directory;
 //! - `grants`: the token endpoint (code + PKCE, refresh with rotation and
 //!   reuse detection, client credentials);
@@ -29,6 +30,7 @@ mod api_doc;
 mod audit;
 mod backchannel;
 mod clients;
+mod console;
 mod directory;
 mod factor;
 mod flow;
@@ -82,10 +84,10 @@ pub enum SsoError {
     Directory(#[from] directory::DirectoryError),
     #[error("{0}")]
     Bootstrap(String),
-    #[error(
-        "users {names:?} are both in the users file and in the directory: remove them from one"
-    )]
-    SeedConflict { names: Vec<String> },
+    /// A name both in a file (seed entries) and in the directory, with
+    /// the file's positions.
+    #[error("{0}")]
+    Conflict(portcullis_config::LoadError),
 }
 
 struct Sso {
@@ -142,8 +144,22 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
     let directory = open_directory(&config, source).await?;
     let users = users::Users::new(users, directory.clone());
     let both = users.seeds_in_directory().await?;
-    if !both.is_empty() {
-        return Err(SsoError::SeedConflict { names: both });
+    if let (false, Some(file)) = (both.is_empty(), &config.users.file) {
+        let file = portcullis_config::resolve_path(source, file);
+        return Err(SsoError::Conflict(
+            portcullis_config::users_also_in_directory(&file, &both),
+        ));
+    }
+    let mut clients_in_both = Vec::new();
+    for client in &config.clients {
+        if directory.client(&client.client_id).await?.is_some() {
+            clients_in_both.push(client.client_id.clone());
+        }
+    }
+    if !clients_in_both.is_empty() {
+        return Err(SsoError::Conflict(
+            portcullis_config::clients_also_in_directory(source, &clients_in_both),
+        ));
     }
     let audit = audit::AuditLog::start(directory.clone());
     bootstrap_admin(&users, &config, &audit).await?;
@@ -439,6 +455,7 @@ fn templates() -> Result<minijinja::Environment<'static>, minijinja::Error> {
     env.add_template("logout.html", include_str!("../templates/logout.html"))?;
     env.add_template("factor.html", include_str!("../templates/factor.html"))?;
     env.add_template("account.html", include_str!("../templates/account.html"))?;
+    env.add_template("console.html", include_str!("../templates/console.html"))?;
     Ok(env)
 }
 
@@ -473,6 +490,13 @@ fn router(state: Shared) -> Router {
         .route(&format!("{base}/login"), post(flow::login))
         .route(&format!("{base}/login/factor"), post(factor::submit))
         .route(&format!("{base}/account"), get(account::page))
+        .route(&format!("{base}/console"), get(console::home))
+        .route(&format!("{base}/console/{{view}}"), get(console::page))
+        .route(
+            &format!("{base}/console/users/{{username}}"),
+            get(console::user),
+        )
+        .route(&format!("{base}/console/do/{{action}}"), post(console::act))
         .route(&format!("{base}/account/{{action}}"), post(account::act))
         .route(&format!("{base}/assets/passkeys.js"), get(passkeys_script))
         .route(&format!("{base}/consent"), post(flow::consent))

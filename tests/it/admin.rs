@@ -56,7 +56,18 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_endpoint_needs_the_admin_role_and_does_its_job() {
-    let setup = Setup::start(1, &ops_client()).await;
+    every_admin_endpoint_on("").await;
+}
+
+/// The same table on a real PostgreSQL (the directory's other database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_endpoint_on_postgresql() {
+    let postgres = crate::support::PostgresServer::start().await;
+    every_admin_endpoint_on(&format!("directory: {{ url: '{}' }}\n", postgres.url())).await;
+}
+
+async fn every_admin_endpoint_on(sso_extra: &str) {
+    let setup = Setup::start_with(1, &ops_client(), sso_extra).await;
     let sso = &setup.sso;
     let admin = token(sso, "ops", "ops-secret").await;
     let service = token(sso, "billing", "billing-secret").await;
@@ -613,4 +624,276 @@ async fn clients_registered_through_the_api_sign_users_in() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 400, "a deleted client is unknown");
+}
+
+/// The admin console (issue 13): server-rendered forms, no JavaScript, the
+/// admin API's operations with the session's form token; a user without
+/// the admin role is refused; screenshots drawn by headless Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_manages_users_and_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::sso::write_users(dir.path());
+    let port = crate::support::free_port();
+    let config = crate::sso::config() + "admin: { role: admin }\n";
+    let sso = SsoProcess::start(dir.path(), &config, port).await;
+    let console = sso.url("/console");
+
+    // Without a session: the sign-in form, which comes back here.
+    let sign_in = |user: &'static str, password: &'static str| {
+        let console = console.clone();
+        let login = sso.url("/login");
+        async move {
+            let browser = Browser::default();
+            let form = browser.navigate(&console).await.text().await.unwrap();
+            let back = browser
+                .post(
+                    &login,
+                    &[
+                        ("request", &crate::sso::hidden(&form, "request")),
+                        ("csrf", &crate::sso::hidden(&form, "csrf")),
+                        ("username", user),
+                        ("password", password),
+                    ],
+                )
+                .await;
+            assert_eq!(back.status(), 303);
+            assert!(back.headers()["location"]
+                .to_str()
+                .unwrap()
+                .ends_with("/sso/console"));
+            browser
+        }
+    };
+    let bob = sign_in("bob", "bob-password").await;
+    let refused = bob.navigate(&console).await;
+    assert_eq!(refused.status(), 403, "bob is no admin");
+    let alice = sign_in("alice", "alice-password").await;
+    let page = alice.navigate(&console).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("No users in the directory"), "{html}");
+    let csrf = crate::sso::hidden(&html, "csrf");
+    let act = |action: &str, fields: Vec<(&'static str, String)>| {
+        let url = sso.url(&format!("/console/do/{action}"));
+        let alice = &alice;
+        async move {
+            let form: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let response = alice.post(&url, &form).await;
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let dora = |extra: Vec<(&'static str, String)>| {
+        let mut fields = vec![("csrf", csrf.clone()), ("username", "dora".to_owned())];
+        fields.extend(extra);
+        fields
+    };
+
+    // Forms without the session's token, or with bob's, do nothing.
+    let (status, _) = act(
+        "user-create",
+        vec![
+            ("username", "dora".into()),
+            ("password", "dora-password-1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let bob_page = bob
+        .navigate(&sso.url("/account"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let bobs_token = crate::sso::hidden(&bob_page, "csrf");
+    let (status, _) = act(
+        "user-create",
+        vec![
+            ("csrf", bobs_token),
+            ("username", "dora".into()),
+            ("password", "dora-password-1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403, "another session's (and page's) token");
+
+    let (status, html) = act(
+        "user-create",
+        dora(vec![
+            ("password", "dora-password-1".into()),
+            ("email", "dora@example.com".into()),
+        ]),
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("The user is created") && html.contains("dora@example.com"),
+        "{html}"
+    );
+    let (status, html) = act(
+        "user-create",
+        dora(vec![("password", "dora-password-1".into())]),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(html.contains("taken"), "{html}");
+    let (status, html) = act(
+        "user-create",
+        vec![
+            ("csrf", csrf.clone()),
+            ("username", "eve".into()),
+            ("password", "short".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(html.contains("at least 12"), "{html}");
+    let (status, html) = act("role-give", dora(vec![("label", "staff".into())])).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("<span class=\"tag\">staff</span>"), "{html}");
+    let (_, html) = act(
+        "user-update",
+        dora(vec![
+            ("email", "dora@example.org".into()),
+            ("disabled", "on".into()),
+        ]),
+    )
+    .await;
+    assert!(
+        html.contains("Disabled.") && html.contains("dora@example.org"),
+        "{html}"
+    );
+    let (status, html) = act(
+        "user-password",
+        dora(vec![("password", "another-password-2".into())]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(html.contains("password is set"), "{html}");
+    let (status, html) = act(
+        "user-update",
+        vec![
+            ("csrf", csrf.clone()),
+            ("username", "alice".into()),
+            ("email", "x@example.com".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400, "seed users are read-only");
+    assert!(html.contains("users file"), "{html}");
+
+    // A client: its secret shown once, and it works.
+    let (status, html) = act(
+        "client-create",
+        vec![
+            ("csrf", csrf.clone()),
+            ("client_id", "console-app".into()),
+            ("name", "Console app".into()),
+            ("client_type", "confidential".into()),
+            ("redirect_uris", "http://127.0.0.1:1/cb\n".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{html}");
+    let secret = html
+        .split("shown only now: ")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .expect("the secret on the page")
+        .trim()
+        .to_owned();
+    assert_eq!(
+        token(&sso, "console-app", &secret).await.split('.').count(),
+        3
+    );
+    let (_, html) = act(
+        "client-rotate",
+        vec![("csrf", csrf.clone()), ("client_id", "console-app".into())],
+    )
+    .await;
+    assert!(html.contains("the old one no longer works"), "{html}");
+    let (status, _, _) = crate::sso::client_credentials(
+        &sso,
+        &[("grant_type", "client_credentials")],
+        Some(("console-app", &secret)),
+    )
+    .await;
+    assert_eq!(status, 401, "the old secret");
+    let (status, html) = act(
+        "client-delete",
+        vec![("csrf", csrf.clone()), ("client_id", "billing".into())],
+    )
+    .await;
+    assert_eq!(status, 400, "config clients are read-only: {html}");
+
+    // Screenshots of the console's pages, drawn by Chromium with alice's
+    // session, and the audit trail naming her.
+    let cookie = alice
+        .cookie_header()
+        .split("; ")
+        .find_map(|c| c.strip_prefix("portcullis_sso=").map(str::to_owned))
+        .expect("alice's session cookie");
+    let shots = std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/test-artifacts/console"
+    ));
+    std::fs::create_dir_all(&shots).unwrap();
+    for (page, expect) in [
+        ("/console/users", "dora"),
+        ("/console/users/dora", "Disabled."),
+        ("/console/clients", "console-app"),
+        ("/console/roles", "staff"),
+        ("/console/audit", "admin_user_created"),
+    ] {
+        let url = sso.url(page);
+        let out = shots.join(format!(
+            "{}.png",
+            page.trim_start_matches('/').replace('/', "-")
+        ));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/screenshot.mjs");
+        let (cookie, out_arg) = (cookie.clone(), out.display().to_string());
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .args([script, &url, "portcullis_sso", &cookie, &out_arg])
+                .output()
+                .expect("node")
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && text.contains(expect),
+            "{page}: {text}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            std::fs::metadata(&out).unwrap().len() > 10_000,
+            "{}",
+            out.display()
+        );
+    }
+    let (_, html) = act("user-delete", dora(vec![])).await;
+    assert!(html.contains("dora is deleted"), "{html}");
+    // Rows are written a moment after each action: poll with a deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let audit = loop {
+        let audit = alice
+            .navigate(&sso.url("/console/audit?sub=dora"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        if audit.contains("admin_user_deleted") || std::time::Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for event in [
+        "admin_user_created",
+        "admin_label_given",
+        "admin_password_set",
+        "admin_user_deleted",
+    ] {
+        assert!(audit.contains(event), "{event}: {audit}");
+    }
 }

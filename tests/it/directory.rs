@@ -84,17 +84,26 @@ async fn registered_users_and_consents_survive_a_restart() {
     .unwrap();
     let path = dir.path().join("conflict.yaml");
     std::fs::write(&path, config.replace("{PORT}", &free_port().to_string())).unwrap();
+    let stderr = sso_refuses_to_start(&path);
+    // Where: the file, line and column of carol's name, and the key.
+    let line = users.lines().count() + 1;
+    assert!(
+        stderr.contains(&format!(
+            "users.yaml:{line}:15: users[2].username: `carol` is also a user in the directory"
+        )),
+        "{stderr}"
+    );
+}
+
+/// `portcullis sso -c path` exits 1 at start: what it said.
+fn sso_refuses_to_start(path: &std::path::Path) -> String {
     let output = std::process::Command::new(crate::support::BIN)
         .args(["sso", "-c"])
-        .arg(&path)
+        .arg(path)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("[\"carol\"] are both in the users file and in the directory"),
-        "{stderr}"
-    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Two replicas on one PostgreSQL (migrating at once on start): a user
@@ -374,6 +383,25 @@ async fn the_cli_bootstraps_the_first_admin_and_manages_users() {
         .unwrap();
     assert_eq!(listed.status(), 200);
     drop(sso);
+
+    // A client of the config file with a run-time client's id stops the
+    // start, naming the place in the file.
+    let original = std::fs::read_to_string(&path).unwrap();
+    let conflicting = original.replacen(
+        "clients:\n",
+        "clients:\n  - client_id: cli-app\n    type: public\n    redirect_uris: ['http://127.0.0.1:1/cb']\n",
+        1,
+    );
+    let line = original.lines().position(|l| l == "clients:").unwrap() + 2;
+    std::fs::write(&path, conflicting).unwrap();
+    let stderr = sso_refuses_to_start(&path);
+    assert!(
+        stderr.contains(&format!(
+            "admin.yaml:{line}:16: clients[0].client_id: `cli-app` is also a client in the directory"
+        )),
+        "{stderr}"
+    );
+    std::fs::write(&path, original).unwrap();
 
     let (code, rotated) = sso_admin(&path, &["client", "rotate", "cli-app"], "");
     assert_eq!(code, Some(0), "{rotated}");

@@ -55,11 +55,17 @@ pub(crate) struct Setup {
 
 impl Setup {
     pub(crate) async fn start(replicas: usize, client_extra: &str) -> Setup {
+        Self::start_with(replicas, client_extra, "").await
+    }
+
+    /// The same, with more SSO config (`directory: {url: …}`).
+    pub(crate) async fn start_with(replicas: usize, client_extra: &str, sso_extra: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         write_users(dir.path());
         let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
         let sso =
-            sso_with_gateway_client_and(dir.path(), free_port(), &ports, client_extra, "").await;
+            sso_with_gateway_client_and(dir.path(), free_port(), &ports, client_extra, sso_extra)
+                .await;
         let backend = app_backend().await;
         let redis = if replicas > 1 {
             Some(RedisServer::start().await)
@@ -67,7 +73,14 @@ impl Setup {
             None
         };
         let shared = redis.as_ref().map_or(String::new(), |r| {
-            format!("    store: redis\n||redis: {{ url: '{}' }}\n", r.url())
+            // A second, not the default 100 ms: these tests are about who
+            // refreshes and who signs out, and the suite runs Chromium
+            // beside them on two cores (a Redis answer slower than the
+            // timeout reads as "no session").
+            format!(
+                "    store: redis\n||redis: {{ url: '{}', timeout: 1s }}\n",
+                r.url()
+            )
         });
         let mut running = Vec::new();
         for port in &ports {
@@ -89,6 +102,19 @@ impl Setup {
 
     pub(crate) fn sso_log(&self) -> String {
         self.sso.log(self._dir.path())
+    }
+
+    /// The SSO's log and every gateway's, for a failure message.
+    fn logs(&self) -> String {
+        let mut text = format!("sso:\n{}", self.sso_log());
+        for (i, gateway) in self._running.iter().enumerate() {
+            text.push_str(&format!(
+                "\ngateway {i}:\n{}{}",
+                gateway.stdout(),
+                gateway.stderr()
+            ));
+        }
+        text
     }
 
     /// How many refresh-token grants the SSO has answered.
@@ -266,7 +292,8 @@ async fn concurrent_requests_refresh_once_across_replicas() {
             assert_eq!(
                 (status, user.as_str()),
                 (200, Some("alice")),
-                "round {round}, request {i}"
+                "round {round}, request {i}\n{}",
+                setup.logs()
             );
         }
         assert_eq!(

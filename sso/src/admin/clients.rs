@@ -108,38 +108,8 @@ pub async fn create_client(
     answer(
         async {
             let admin = sso.admin(&headers).await?;
-            let Json(mut client) = body.map_err(bad_body)?;
-            if client.secret_hash.is_some() {
-                return Err(OAuthError::invalid_request(
-                    "secret_hash: the SSO generates the secret",
-                ));
-            }
-            let secret = match client.client_type {
-                portcullis_config::sso::ClientType::Confidential if client.jwks.is_empty() => {
-                    let (secret, hash) = sso.new_client_secret().await?;
-                    client.secret_hash = Some(hash);
-                    Some(secret)
-                }
-                _ => None,
-            };
-            sso.check_client(&client)?;
-            let taken =
-                OAuthError::new(StatusCode::CONFLICT, "conflict", "that client id is taken");
-            if sso.clients.get(&client.client_id).is_some() {
-                return Err(taken);
-            }
-            if !sso
-                .directory
-                .create_client(&client)
-                .await
-                .map_err(unavailable)?
-            {
-                return Err(taken);
-            }
-            sso.audit(
-                json!({ "event": "admin_client_created", "by": admin.subject,
-                "client_id": client.client_id }),
-            );
+            let Json(client) = body.map_err(bad_body)?;
+            let (client, secret) = sso.admin_create_client(&admin.subject, client).await?;
             let mut view = client_view(&client, "directory");
             if let Some(secret) = secret {
                 view["client_secret"] = secret.into();
@@ -148,6 +118,83 @@ pub async fn create_client(
         }
         .await,
     )
+}
+
+impl Sso {
+    /// Registers a client in the directory; a confidential client without
+    /// keys gets a generated secret, returned here only.
+    pub(crate) async fn admin_create_client(
+        &self,
+        by: &str,
+        mut client: portcullis_config::sso::Client,
+    ) -> Result<(portcullis_config::sso::Client, Option<String>), OAuthError> {
+        if client.secret_hash.is_some() {
+            return Err(OAuthError::invalid_request(
+                "secret_hash: the SSO generates the secret",
+            ));
+        }
+        let secret = match client.client_type {
+            portcullis_config::sso::ClientType::Confidential if client.jwks.is_empty() => {
+                let (secret, hash) = self.new_client_secret().await?;
+                client.secret_hash = Some(hash);
+                Some(secret)
+            }
+            _ => None,
+        };
+        self.check_client(&client)?;
+        let taken = OAuthError::new(StatusCode::CONFLICT, "conflict", "that client id is taken");
+        if self.clients.get(&client.client_id).is_some() {
+            return Err(taken);
+        }
+        if !self
+            .directory
+            .create_client(&client)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(taken);
+        }
+        self.audit(json!({ "event": "admin_client_created", "by": by,
+            "client_id": client.client_id }));
+        Ok((client, secret))
+    }
+
+    /// A new secret for a run-time confidential client; the old one stops
+    /// working at once.
+    pub(crate) async fn admin_rotate_client_secret(
+        &self,
+        by: &str,
+        client_id: &str,
+    ) -> Result<String, OAuthError> {
+        let mut client = self.runtime_client(client_id).await?;
+        if client.secret_hash.is_none() {
+            return Err(OAuthError::invalid_request("the client has no secret"));
+        }
+        let (secret, hash) = self.new_client_secret().await?;
+        client.secret_hash = Some(hash);
+        self.directory
+            .replace_client(&client)
+            .await
+            .map_err(unavailable)?;
+        self.audit(json!({ "event": "admin_client_secret_rotated", "by": by,
+            "client_id": client_id }));
+        Ok(secret)
+    }
+
+    /// Deletes a run-time client and the consents given to it.
+    pub(crate) async fn admin_delete_client(
+        &self,
+        by: &str,
+        client_id: &str,
+    ) -> Result<(), OAuthError> {
+        self.runtime_client(client_id).await?;
+        self.directory
+            .delete_client(client_id)
+            .await
+            .map_err(unavailable)?;
+        self.audit(json!({ "event": "admin_client_deleted", "by": by, "client_id": client_id }));
+        Ok(())
+    }
 }
 
 /// Clients registered at run time, by id, a page at a time.
@@ -281,20 +328,9 @@ pub async fn rotate_client_secret(
     answer(
         async {
             let admin = sso.admin(&headers).await?;
-            let mut client = sso.runtime_client(&client_id).await?;
-            if client.secret_hash.is_none() {
-                return Err(OAuthError::invalid_request("the client has no secret"));
-            }
-            let (secret, hash) = sso.new_client_secret().await?;
-            client.secret_hash = Some(hash);
-            sso.directory
-                .replace_client(&client)
-                .await
-                .map_err(unavailable)?;
-            sso.audit(
-                json!({ "event": "admin_client_secret_rotated", "by": admin.subject,
-                "client_id": client_id }),
-            );
+            let secret = sso
+                .admin_rotate_client_secret(&admin.subject, &client_id)
+                .await?;
             Ok(Json(json!({ "client_id": client_id, "client_secret": secret })).into_response())
         }
         .await,
@@ -316,15 +352,7 @@ pub async fn delete_client(
     answer(
         async {
             let admin = sso.admin(&headers).await?;
-            sso.runtime_client(&client_id).await?;
-            sso.directory
-                .delete_client(&client_id)
-                .await
-                .map_err(unavailable)?;
-            sso.audit(
-                json!({ "event": "admin_client_deleted", "by": admin.subject,
-                "client_id": client_id }),
-            );
+            sso.admin_delete_client(&admin.subject, &client_id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

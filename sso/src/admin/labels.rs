@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::{answer, not_found, unavailable};
 use crate::directory::Label;
-use crate::Shared;
+use crate::oauth::OAuthError;
+use crate::{Shared, Sso};
 
 fn plural(label: Label) -> &'static str {
     match label {
@@ -68,27 +69,43 @@ async fn assign(
     answer(
         async {
             let admin = sso.admin(&headers).await?;
-            sso.directory_user(&username).await?;
-            if !sso
-                .directory
-                .assign(label, &username, &name, given)
-                .await
-                .map_err(unavailable)?
-            {
-                return Err(not_found());
-            }
-            // Taking a role away ends the sessions whose tokens carry it.
-            if !given {
-                Arc::clone(&sso).end_all_sessions_of(&username).await;
-            }
-            sso.audit(
-                json!({ "event": if given { "admin_label_given" } else { "admin_label_taken" },
-                "by": admin.subject, "sub": username, plural(label): name }),
-            );
+            sso.admin_assign(&admin.subject, label, &username, &name, given)
+                .await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
     )
+}
+
+impl Sso {
+    /// Gives (`true`) or takes a role or group of a directory user; taking
+    /// one away ends the sessions whose tokens carry it.
+    pub(crate) async fn admin_assign(
+        self: &Arc<Self>,
+        by: &str,
+        label: Label,
+        username: &str,
+        name: &str,
+        given: bool,
+    ) -> Result<(), OAuthError> {
+        self.directory_user(username).await?;
+        if !self
+            .directory
+            .assign(label, username, name, given)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(not_found());
+        }
+        if !given {
+            Arc::clone(self).end_all_sessions_of(username).await;
+        }
+        self.audit(
+            json!({ "event": if given { "admin_label_given" } else { "admin_label_taken" },
+            "by": by, "sub": username, plural(label): name }),
+        );
+        Ok(())
+    }
 }
 
 /// Every role given to a directory user, with how many have it.

@@ -65,7 +65,7 @@ impl PageQuery {
     }
 }
 
-pub(super) fn not_found() -> OAuthError {
+pub(crate) fn not_found() -> OAuthError {
     OAuthError::new(StatusCode::NOT_FOUND, "not_found", "no such user")
 }
 
@@ -77,7 +77,7 @@ pub(super) fn read_only() -> OAuthError {
     )
 }
 
-pub(super) fn unavailable(e: impl std::fmt::Display) -> OAuthError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> OAuthError {
     log::error!("{e}");
     OAuthError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -152,10 +152,19 @@ pub async fn end_user_sessions(
         Ok(admin) => admin,
         Err(e) => return e.into_response(),
     };
-    let ended = Arc::clone(&sso).end_all_sessions_of(&username).await;
-    sso.audit(
-        json!({ "event": "admin_sessions_ended", "by": admin.subject, "sub": username,
-        "ended": ended }),
-    );
+    let ended = sso.admin_end_sessions(&admin.subject, &username).await;
     no_store(Json(json!({ "ended": ended })).into_response())
+}
+
+impl Sso {
+    /// Ends every session of `username` (with back-channel logout); how
+    /// many were live.
+    pub(crate) async fn admin_end_sessions(self: &Arc<Self>, by: &str, username: &str) -> usize {
+        let ended = Arc::clone(self).end_all_sessions_of(username).await;
+        self.audit(
+            json!({ "event": "admin_sessions_ended", "by": by, "sub": username,
+            "ended": ended }),
+        );
+        ended
+    }
 }

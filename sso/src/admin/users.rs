@@ -71,16 +71,16 @@ pub struct SearchQuery {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
-    username: String,
-    password: String,
-    email: Option<String>,
-    name: Option<String>,
+    pub(crate) username: String,
+    pub(crate) password: String,
+    pub(crate) email: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    roles: Vec<String>,
+    pub(crate) roles: Vec<String>,
     #[serde(default)]
-    groups: Vec<String>,
+    pub(crate) groups: Vec<String>,
     #[serde(default)]
-    disabled: bool,
+    pub(crate) disabled: bool,
 }
 
 /// Present and `null` clears a field; absent leaves it.
@@ -132,6 +132,95 @@ impl Sso {
             .await
             .map_err(unavailable)?
             .ok_or_else(not_found)
+    }
+
+    /// Creates a directory user (the admin API and the console).
+    pub(crate) async fn admin_create_user(
+        &self,
+        by: &str,
+        new: NewUser,
+    ) -> Result<UserRecord, OAuthError> {
+        let user = User {
+            username: new.username.trim().to_owned(),
+            password_hash: self.hash_password(new.password).await?,
+            email: new.email,
+            name: new.name,
+            roles: new.roles,
+            groups: new.groups,
+            disabled: new.disabled,
+        };
+        match self
+            .users
+            .register(user.clone())
+            .await
+            .map_err(unavailable)?
+        {
+            Ok(()) => {}
+            Err(RegisterRefused::Taken) => {
+                return Err(OAuthError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "that user name is taken",
+                ))
+            }
+            Err(RegisterRefused::Invalid(why)) => return Err(OAuthError::invalid_request(why)),
+        }
+        self.audit(json!({ "event": "admin_user_created", "by": by, "sub": user.username }));
+        self.directory_user(&user.username).await
+    }
+
+    /// Changes a directory user; disabling ends their sessions.
+    pub(crate) async fn admin_change_user(
+        self: &Arc<Self>,
+        by: &str,
+        username: &str,
+        change: UserChange,
+    ) -> Result<UserRecord, OAuthError> {
+        let disables = change.disabled == Some(true);
+        let record = self.changed(username, change, disables).await?;
+        self.audit(
+            json!({ "event": "admin_user_changed", "by": by, "sub": username,
+            "disabled": record.user.disabled }),
+        );
+        Ok(record)
+    }
+
+    /// Sets a directory user's password; their sessions end.
+    pub(crate) async fn admin_set_password(
+        self: &Arc<Self>,
+        by: &str,
+        username: &str,
+        password: String,
+    ) -> Result<(), OAuthError> {
+        self.directory_user(username).await?;
+        let change = UserChange {
+            password_hash: Some(self.hash_password(password).await?),
+            ..UserChange::default()
+        };
+        self.changed(username, change, true).await?;
+        self.audit(json!({ "event": "admin_password_set", "by": by, "sub": username }));
+        Ok(())
+    }
+
+    /// Deletes a directory user (and their roles, groups, consents and
+    /// second factors); their sessions end.
+    pub(crate) async fn admin_delete_user(
+        self: &Arc<Self>,
+        by: &str,
+        username: &str,
+    ) -> Result<(), OAuthError> {
+        self.directory_user(username).await?;
+        if !self
+            .directory
+            .delete_user(username)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(not_found());
+        }
+        Arc::clone(self).end_all_sessions_of(username).await;
+        self.audit(json!({ "event": "admin_user_deleted", "by": by, "sub": username }));
+        Ok(())
     }
 
     async fn changed(
@@ -203,35 +292,7 @@ pub async fn create_user(
         async {
             let admin = sso.admin(&headers).await?;
             let Json(new) = body.map_err(bad_body)?;
-            let user = User {
-                username: new.username.trim().to_owned(),
-                password_hash: sso.hash_password(new.password).await?,
-                email: new.email,
-                name: new.name,
-                roles: new.roles,
-                groups: new.groups,
-                disabled: new.disabled,
-            };
-            match sso
-                .users
-                .register(user.clone())
-                .await
-                .map_err(unavailable)?
-            {
-                Ok(()) => {}
-                Err(RegisterRefused::Taken) => {
-                    return Err(OAuthError::new(
-                        StatusCode::CONFLICT,
-                        "conflict",
-                        "that user name is taken",
-                    ))
-                }
-                Err(RegisterRefused::Invalid(why)) => return Err(OAuthError::invalid_request(why)),
-            }
-            sso.audit(
-                json!({ "event": "admin_user_created", "by": admin.subject, "sub": user.username }),
-            );
-            let record = sso.directory_user(&user.username).await?;
+            let record = sso.admin_create_user(&admin.subject, new).await?;
             Ok((
                 StatusCode::CREATED,
                 Json(UserView::of(&record.user, Some(&record))),
@@ -285,7 +346,6 @@ pub async fn update_user(
         async {
             let admin = sso.admin(&headers).await?;
             let Json(patch) = body.map_err(bad_body)?;
-            let disables = patch.disabled == Some(true);
             let change = UserChange {
                 email: patch.email,
                 name: patch.name,
@@ -294,11 +354,9 @@ pub async fn update_user(
                 disabled: patch.disabled,
                 password_hash: None,
             };
-            let record = sso.changed(&username, change, disables).await?;
-            sso.audit(
-                json!({ "event": "admin_user_changed", "by": admin.subject, "sub": username,
-            "disabled": record.user.disabled }),
-            );
+            let record = sso
+                .admin_change_user(&admin.subject, &username, change)
+                .await?;
             Ok(Json(UserView::of(&record.user, Some(&record))).into_response())
         }
         .await,
@@ -322,15 +380,8 @@ pub async fn set_password(
         async {
             let admin = sso.admin(&headers).await?;
             let Json(new) = body.map_err(bad_body)?;
-            sso.directory_user(&username).await?;
-            let change = UserChange {
-                password_hash: Some(sso.hash_password(new.password).await?),
-                ..UserChange::default()
-            };
-            sso.changed(&username, change, true).await?;
-            sso.audit(
-                json!({ "event": "admin_password_set", "by": admin.subject, "sub": username }),
-            );
+            sso.admin_set_password(&admin.subject, &username, new.password)
+                .await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
@@ -352,19 +403,7 @@ pub async fn delete_user(
     answer(
         async {
             let admin = sso.admin(&headers).await?;
-            sso.directory_user(&username).await?;
-            if !sso
-                .directory
-                .delete_user(&username)
-                .await
-                .map_err(unavailable)?
-            {
-                return Err(not_found());
-            }
-            Arc::clone(&sso).end_all_sessions_of(&username).await;
-            sso.audit(
-                json!({ "event": "admin_user_deleted", "by": admin.subject, "sub": username }),
-            );
+            sso.admin_delete_user(&admin.subject, &username).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,
