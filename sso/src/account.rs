@@ -275,6 +275,7 @@ impl Sso {
         };
         let change = crate::directory::UserChange {
             password_hash: Some(hash),
+            password_change_required: Some(false),
             ..Default::default()
         };
         match self.directory.change_user(&user.username, change).await {

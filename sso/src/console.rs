@@ -51,6 +51,9 @@ pub struct ConsoleForm {
     /// A checkbox: present when ticked.
     #[serde(default)]
     disabled: Option<String>,
+    /// A checkbox: the password is to be changed at the next sign-in.
+    #[serde(default)]
+    temporary: Option<String>,
     /// A role or group name.
     #[serde(default)]
     label: String,
@@ -162,6 +165,13 @@ impl Sso {
             .map(|(sid, created)| json!({ "sid": sid, "created": created }))
             .collect();
         let totp = self.directory.totp(username).await.ok().flatten().is_some();
+        let password_change_required = self
+            .directory
+            .user_record(username)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.password_change_required);
         let passkeys = self
             .directory
             .passkeys(username)
@@ -171,7 +181,7 @@ impl Sso {
         Ok(json!({ "user": {
             "username": user.username, "email": user.email, "name": user.name,
             "roles": user.roles, "groups": user.groups, "disabled": user.disabled,
-            "seed": seed, "totp": totp, "passkeys": passkeys, "sessions": sessions,
+            "seed": seed, "totp": totp, "password_change_required": password_change_required, "passkeys": passkeys, "sessions": sessions,
         }}))
     }
 
@@ -359,8 +369,9 @@ pub async fn act(
             ("user", done.map(|_| "Saved.".to_owned()))
         }
         "user-password" => {
+            let temporary = form.temporary.is_some();
             let done = sso
-                .admin_set_password(by, username, form.password.clone())
+                .admin_set_password(by, username, form.password.clone(), temporary)
                 .await;
             (
                 "user",

@@ -49,7 +49,6 @@ impl Sso {
         client: Option<&Client>,
         user: &User,
     ) -> Response {
-        let next = Self::after_sign_in(request_id, pending, client);
         let has_totp = match self.directory.totp(&user.username).await {
             Ok(totp) => totp.is_some(),
             Err(e) => return self.directory_down(e),
@@ -75,8 +74,110 @@ impl Sso {
                 ),
             );
         }
-        self.signed_in(&user.username, Methods::password(), next)
+        self.finish_sign_in(
+            request_id,
+            pending,
+            client,
+            &user.username,
+            Methods::password(),
+        )
+        .await
+    }
+
+    /// The last step of every sign-in: a new password when an admin asked
+    /// for one, then the session.
+    pub(crate) async fn finish_sign_in(
+        &self,
+        request_id: &str,
+        pending: &Pending,
+        client: Option<&Client>,
+        username: &str,
+        methods: Methods,
+    ) -> Response {
+        let required = match self.directory.user_record(username).await {
+            Ok(record) => record.is_some_and(|r| r.password_change_required),
+            Err(e) => return self.directory_down(e),
+        };
+        if !required {
+            return self
+                .signed_in(
+                    username,
+                    methods,
+                    Self::after_sign_in(request_id, pending, client),
+                )
+                .await;
+        }
+        self.new_password_form(request_id, pending, username, methods, None)
             .await
+    }
+
+    async fn new_password_form(
+        &self,
+        request_id: &str,
+        pending: &Pending,
+        username: &str,
+        methods: Methods,
+        error: Option<&str>,
+    ) -> Response {
+        let id = random_id(24);
+        let step = NewPasswordStep {
+            request: request_id.to_owned(),
+            username: username.to_owned(),
+            methods,
+        };
+        let stored = self
+            .store
+            .put(
+                &format!("new_password:{}", digest(&id)),
+                &serde_json::to_value(&step).unwrap_or_default(),
+                FACTOR_TTL,
+            )
+            .await;
+        if let Err(e) = stored {
+            return self.directory_down(e);
+        }
+        let mut response = self.render(
+            "new_password.html",
+            json!({
+                "action": format!("{}/login/password", self.base_path),
+                "request": request_id,
+                "csrf": pending.csrf,
+                "step": id,
+                "username": username,
+                "min_password": self.config.users.min_password_length,
+                "error": error,
+            }),
+        );
+        if error.is_some() {
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+        }
+        self.with_csrf_cookie(response, &pending.csrf)
+    }
+
+    /// A sign-in step's record (read, or taken: single use) when it
+    /// belongs to authorization request `request`; else the page saying
+    /// the sign-in expired.
+    async fn sign_in_step<T: serde::de::DeserializeOwned + HasRequest>(
+        &self,
+        key: &str,
+        request: &str,
+        take: bool,
+    ) -> Result<T, Response> {
+        let value = match take {
+            true => self.store.take(key).await,
+            false => self.store.get(key).await,
+        };
+        let step: Option<T> = match value {
+            Ok(value) => value.and_then(|v| serde_json::from_value(v).ok()),
+            Err(e) => return Err(self.directory_down(e)),
+        };
+        step.filter(|s| s.request() == request).ok_or_else(|| {
+            self.message_page(
+                StatusCode::BAD_REQUEST,
+                "Sign-in expired",
+                "This sign-in took too long or was already used. Go back to the application and start again.",
+            )
+        })
     }
 
     fn directory_down(&self, e: impl std::fmt::Display) -> Response {
@@ -200,16 +301,9 @@ pub async fn submit(
         Err(page) => return page,
     };
     let key = format!("factor:{}", digest(&form.factor));
-    let step: Option<FactorStep> = match sso.store.get(&key).await {
-        Ok(value) => value.and_then(|v| serde_json::from_value(v).ok()),
-        Err(e) => return sso.directory_down(e),
-    };
-    let Some(step) = step.filter(|s| s.request == form.request) else {
-        return sso.message_page(
-            StatusCode::BAD_REQUEST,
-            "Sign-in expired",
-            "This sign-in took too long or was already used. Go back to the application and start again.",
-        );
+    let step: FactorStep = match sso.sign_in_step(&key, &form.request, false).await {
+        Ok(step) => step,
+        Err(page) => return page,
     };
     let client = match sso.pending_client(&pending).await {
         Ok(client) => client,
@@ -295,10 +389,107 @@ pub async fn submit(
     sso.audit(json!({ "event": "login", "sub": user.username,
         "client_id": client.map(|c| c.client_id.clone()), "ip": ip.to_string(),
         "amr": methods.as_slice() }));
+    sso.finish_sign_in(&form.request, &pending, client, &user.username, methods)
+        .await
+}
+
+/// A step record names the authorization request it belongs to.
+trait HasRequest {
+    fn request(&self) -> &str;
+}
+
+impl HasRequest for FactorStep {
+    fn request(&self) -> &str {
+        &self.request
+    }
+}
+
+impl HasRequest for NewPasswordStep {
+    fn request(&self) -> &str {
+        &self.request
+    }
+}
+
+/// A sign-in waiting for the new password an admin asked for.
+#[derive(Serialize, Deserialize)]
+struct NewPasswordStep {
+    request: String,
+    username: String,
+    methods: Methods,
+}
+
+#[derive(Deserialize)]
+pub struct NewPasswordForm {
+    request: String,
+    csrf: String,
+    step: String,
+    #[serde(default)]
+    new_password: String,
+}
+
+/// `POST {issuer}/login/password`: the new password, then the session.
+pub async fn new_password(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Form(form): Form<NewPasswordForm>,
+) -> Response {
+    let pending = match sso
+        .posted_pending(&headers, &form.request, &form.csrf)
+        .await
+    {
+        Ok(pending) => pending,
+        Err(page) => return page,
+    };
+    let key = format!("new_password:{}", digest(&form.step));
+    let step: NewPasswordStep = match sso.sign_in_step(&key, &form.request, true).await {
+        Ok(step) => step,
+        Err(page) => return page,
+    };
+    let again = |error: &'static str| {
+        let sso = sso.clone();
+        let pending = pending.clone();
+        let request = form.request.clone();
+        let username = step.username.clone();
+        let methods = step.methods.clone();
+        async move {
+            sso.new_password_form(&request, &pending, &username, methods, Some(error))
+                .await
+        }
+    };
+    if form.new_password.chars().count() < sso.config.users.min_password_length {
+        return again("The new password is too short.").await;
+    }
+    let Some(user) = sso.users.get(&step.username).await.filter(|u| !u.disabled) else {
+        return sso.message_page(
+            StatusCode::FORBIDDEN,
+            "Sign-in refused",
+            "This account is disabled.",
+        );
+    };
+    // The temporary password again is no new password.
+    if crate::clients::verify_secret(form.new_password.clone(), user.password_hash.clone()).await {
+        return again("Choose a password other than the one you were given.").await;
+    }
+    let Ok(hash) = crate::clients::hash_secret(&form.new_password) else {
+        return sso.directory_down("password hashing failed");
+    };
+    let change = crate::directory::UserChange {
+        password_hash: Some(hash),
+        password_change_required: Some(false),
+        ..Default::default()
+    };
+    if let Err(e) = sso.directory.change_user(&user.username, change).await {
+        return sso.directory_down(e);
+    }
+    sso.audit(json!({ "event": "password_changed", "sub": user.username, "required": true }));
+    let client = match sso.pending_client(&pending).await {
+        Ok(client) => client,
+        Err(page) => return page,
+    };
     sso.signed_in(
         &user.username,
-        methods,
-        Sso::after_sign_in(&form.request, &pending, client),
+        step.methods,
+        Sso::after_sign_in(&form.request, &pending, client.as_deref()),
     )
     .await
 }

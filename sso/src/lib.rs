@@ -454,6 +454,10 @@ fn templates() -> Result<minijinja::Environment<'static>, minijinja::Error> {
     env.add_template("register.html", include_str!("../templates/register.html"))?;
     env.add_template("logout.html", include_str!("../templates/logout.html"))?;
     env.add_template("factor.html", include_str!("../templates/factor.html"))?;
+    env.add_template(
+        "new_password.html",
+        include_str!("../templates/new_password.html"),
+    )?;
     env.add_template("account.html", include_str!("../templates/account.html"))?;
     env.add_template("console.html", include_str!("../templates/console.html"))?;
     Ok(env)
@@ -489,6 +493,10 @@ fn router(state: Shared) -> Router {
         .route(&format!("{base}/authorize"), get(flow::authorize))
         .route(&format!("{base}/login"), post(flow::login))
         .route(&format!("{base}/login/factor"), post(factor::submit))
+        .route(
+            &format!("{base}/login/password"),
+            post(factor::new_password),
+        )
         .route(&format!("{base}/account"), get(account::page))
         .route(&format!("{base}/console"), get(console::home))
         .route(&format!("{base}/console/{{view}}"), get(console::page))

@@ -897,3 +897,102 @@ async fn the_console_manages_users_and_clients() {
         assert!(audit.contains(event), "{event}: {audit}");
     }
 }
+
+/// A temporary password (admin API `temporary: true`): the next sign-in
+/// asks for a new one (not the same, not too short) before the code is
+/// issued; the one after goes straight through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_password_is_replaced_at_the_next_sign_in() {
+    use crate::sso::{authorize_url, code_from, hidden, pkce, redeem};
+    let setup = Setup::start(1, &ops_client()).await;
+    let sso = &setup.sso;
+    let admin = token(sso, "ops", "ops-secret").await;
+    let gus = json!({ "username": "gus", "password": "first-password-1" });
+    assert_eq!(
+        call(sso, "POST", "/admin/users", Some(&gus), Some(&admin))
+            .await
+            .0,
+        201
+    );
+    let temporary = json!({ "password": "temporary-pass-2", "temporary": true });
+    let (status, _) = call(
+        sso,
+        "PUT",
+        "/admin/users/gus/password",
+        Some(&temporary),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (_, view) = call(sso, "GET", "/admin/users/gus", None, Some(&admin)).await;
+    assert_eq!(view["password_change_required"], true, "{view}");
+
+    let base = sso.issuer();
+    let sign_in = |password: &'static str| {
+        let base = base.clone();
+        async move {
+            let browser = Browser::default();
+            let (verifier, challenge) = pkce();
+            let html = browser
+                .get(&authorize_url(&base, &challenge))
+                .await
+                .text()
+                .await
+                .unwrap();
+            let answer = browser
+                .post(
+                    &format!("{base}/login"),
+                    &[
+                        ("request", &hidden(&html, "request")),
+                        ("csrf", &hidden(&html, "csrf")),
+                        ("username", "gus"),
+                        ("password", password),
+                    ],
+                )
+                .await;
+            (browser, answer, verifier)
+        }
+    };
+    let (browser, answer, verifier) = sign_in("temporary-pass-2").await;
+    assert_eq!(answer.status(), 200);
+    let mut html = answer.text().await.unwrap();
+    assert!(html.contains("Choose a new password"), "{html}");
+    for (password, status, says) in [
+        ("short", 400, "too short"),
+        ("temporary-pass-2", 400, "other than the one you were given"),
+        ("gus-own-password-3", 303, ""),
+    ] {
+        let answer = browser
+            .post(
+                &format!("{base}/login/password"),
+                &[
+                    ("request", &hidden(&html, "request")),
+                    ("csrf", &hidden(&html, "csrf")),
+                    ("step", &hidden(&html, "step")),
+                    ("new_password", password),
+                ],
+            )
+            .await;
+        // The last one goes on: consent (asked once), then the code.
+        let answer = if status == 303 && answer.status() == 200 {
+            let consent = answer.text().await.unwrap();
+            crate::sso::allow_consent(&browser, &base, &consent).await
+        } else {
+            answer
+        };
+        assert_eq!(answer.status(), status, "{password}");
+        if status == 303 {
+            let (status, tokens) = redeem(&base, &code_from(&answer), &verifier).await;
+            assert_eq!(status, 200, "{tokens}");
+            break;
+        }
+        html = answer.text().await.unwrap();
+        assert!(html.contains(says), "{password}: {html}");
+    }
+    let (_, view) = call(sso, "GET", "/admin/users/gus", None, Some(&admin)).await;
+    assert_eq!(view["password_change_required"], false, "{view}");
+    let (_, answer, _) = sign_in("gus-own-password-3").await;
+    assert_eq!(answer.status(), 303, "the new password signs in directly");
+    let (_, answer, _) = sign_in("temporary-pass-2").await;
+    assert_eq!(answer.status(), 401, "the temporary one no longer does");
+}

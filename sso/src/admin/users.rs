@@ -26,6 +26,8 @@ pub struct UserView {
     roles: Vec<String>,
     groups: Vec<String>,
     disabled: bool,
+    /// A new password is due at the next sign-in (directory users).
+    password_change_required: bool,
     /// `directory` (created at run time) or `file` (a seed entry, read-only).
     source: &'static str,
     /// Unix seconds (directory users).
@@ -42,6 +44,7 @@ impl UserView {
             roles: user.roles.clone(),
             groups: user.groups.clone(),
             disabled: user.disabled,
+            password_change_required: record.is_some_and(|r| r.password_change_required),
             source: if record.is_some() {
                 "directory"
             } else {
@@ -100,12 +103,18 @@ pub struct UserPatch {
     roles: Option<Vec<String>>,
     groups: Option<Vec<String>>,
     disabled: Option<bool>,
+    /// The user must choose a new password at the next sign-in.
+    password_change_required: Option<bool>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPassword {
     password: String,
+    /// A temporary password: the user must choose a new one at the next
+    /// sign-in. Defaults to false.
+    #[serde(default)]
+    temporary: bool,
 }
 
 impl Sso {
@@ -185,20 +194,26 @@ impl Sso {
         Ok(record)
     }
 
-    /// Sets a directory user's password; their sessions end.
+    /// Sets a directory user's password (`temporary`: to be changed at the
+    /// next sign-in); their sessions end.
     pub(crate) async fn admin_set_password(
         self: &Arc<Self>,
         by: &str,
         username: &str,
         password: String,
+        temporary: bool,
     ) -> Result<(), OAuthError> {
         self.directory_user(username).await?;
         let change = UserChange {
             password_hash: Some(self.hash_password(password).await?),
+            password_change_required: Some(temporary),
             ..UserChange::default()
         };
         self.changed(username, change, true).await?;
-        self.audit(json!({ "event": "admin_password_set", "by": by, "sub": username }));
+        self.audit(
+            json!({ "event": "admin_password_set", "by": by, "sub": username,
+            "temporary": temporary }),
+        );
         Ok(())
     }
 
@@ -353,6 +368,7 @@ pub async fn update_user(
                 groups: patch.groups,
                 disabled: patch.disabled,
                 password_hash: None,
+                password_change_required: patch.password_change_required,
             };
             let record = sso
                 .admin_change_user(&admin.subject, &username, change)
@@ -380,7 +396,7 @@ pub async fn set_password(
         async {
             let admin = sso.admin(&headers).await?;
             let Json(new) = body.map_err(bad_body)?;
-            sso.admin_set_password(&admin.subject, &username, new.password)
+            sso.admin_set_password(&admin.subject, &username, new.password, new.temporary)
                 .await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }

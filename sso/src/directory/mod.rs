@@ -43,6 +43,8 @@ pub struct UserRecord {
     /// Unix seconds.
     pub created_at: i64,
     pub updated_at: i64,
+    /// The user must choose a new password at the next sign-in.
+    pub password_change_required: bool,
 }
 
 /// What an admin may change of a user (absent: unchanged).
@@ -54,6 +56,7 @@ pub struct UserChange {
     pub groups: Option<Vec<String>>,
     pub disabled: Option<bool>,
     pub password_hash: Option<String>,
+    pub password_change_required: Option<bool>,
 }
 
 /// Most users a page of the list holds.
@@ -161,6 +164,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "factors and audit",
         include_str!("../../migrations/0003_factors_audit.sql"),
+    ),
+    (
+        4,
+        "password change",
+        include_str!("../../migrations/0004_password_change.sql"),
     ),
 ];
 
@@ -397,7 +405,9 @@ impl Directory for SqlDirectory {
     }
 
     async fn user_record(&self, username: &str) -> Result<Option<UserRecord>, DirectoryError> {
-        let row = sqlx::query("SELECT created_at, updated_at FROM users WHERE username = $1")
+        let row = sqlx::query(
+            "SELECT created_at, updated_at, password_change_required FROM users WHERE username = $1",
+        )
             .bind(username)
             .fetch_optional(&self.pool)
             .await?;
@@ -411,6 +421,7 @@ impl Directory for SqlDirectory {
             user,
             created_at: row.try_get(0)?,
             updated_at: row.try_get(1)?,
+            password_change_required: row.try_get::<i64, _>(2)? != 0,
         }))
     }
 
@@ -424,7 +435,8 @@ impl Directory for SqlDirectory {
         // is not).
         let pattern = like_pattern(&search.unwrap_or("").to_lowercase());
         let rows = sqlx::query(
-            "SELECT id, username, password_hash, email, name, disabled, created_at, updated_at \
+            "SELECT id, username, password_hash, email, name, disabled, created_at, updated_at, \
+             password_change_required \
              FROM users WHERE username > $1 \
              AND (LOWER(username) LIKE $2 ESCAPE '\\' OR LOWER(COALESCE(email, '')) LIKE $2 ESCAPE '\\') \
              ORDER BY username LIMIT $3",
@@ -443,6 +455,7 @@ impl Directory for SqlDirectory {
                 user,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
+                password_change_required: row.try_get::<i64, _>("password_change_required")? != 0,
             });
         }
         // Roles and groups of the whole page: two queries, not two per user.
@@ -488,6 +501,14 @@ impl Directory for SqlDirectory {
         if let Some(disabled) = change.disabled {
             sqlx::query(&set("disabled"))
                 .bind(i64::from(disabled))
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(required) = change.password_change_required {
+            sqlx::query(&set("password_change_required"))
+                .bind(i64::from(required))
                 .bind(now)
                 .bind(&id)
                 .execute(&mut *tx)
