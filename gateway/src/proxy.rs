@@ -596,6 +596,25 @@ impl ProxyHttp for Gateway {
                         }
                         return self.reject_auth(session, ctx, AuthError::Missing).await;
                     }
+                    // RFC 9470 step-up for a browser: sign in again at the
+                    // level the route asks for, and come back.
+                    Err(AuthError::InsufficientAuthentication)
+                        if policy.login_redirect
+                            && crate::login::is_browser_navigation(&req.method, &req.headers) =>
+                    {
+                        if let Some(login) = &snapshot.login {
+                            let target = req
+                                .uri
+                                .path_and_query()
+                                .map_or("/", |p| p.as_str())
+                                .to_owned();
+                            let location = login.step_up_location(&target, policy.required_acr());
+                            return self.write_redirect(session, ctx, &location, &[]).await;
+                        }
+                        return self
+                            .reject_auth(session, ctx, AuthError::InsufficientAuthentication)
+                            .await;
+                    }
                     Err(e) => return self.reject_auth(session, ctx, e).await,
                 }
             }

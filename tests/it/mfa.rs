@@ -25,7 +25,7 @@ fn screenshots() -> PathBuf {
 
 /// An SSO on `localhost` (WebAuthn needs a domain name, and Chromium
 /// treats `http://localhost` as a secure context).
-fn sso_config() -> String {
+fn sso_config(gateway_port: u16) -> String {
     format!(
         "issuer: http://localhost:{{PORT}}/sso
 listen: 127.0.0.1:{{PORT}}
@@ -49,8 +49,16 @@ clients:
     first_party: true
     require_mfa: true
     redirect_uris: ['http://localhost:1/callback']
+  - client_id: gateway
+    type: confidential
+    secret_hash: '{}'
+    grant_types: [authorization_code, refresh_token]
+    first_party: true
+    audience: [orders-api]
+    redirect_uris: ['http://127.0.0.1:{gateway_port}/_auth/callback']
 ",
-        hash("scripts-secret")
+        hash("scripts-secret"),
+        hash("gateway-secret"),
     )
 }
 
@@ -76,7 +84,8 @@ async fn totp_and_passkeys_in_chromium_and_a_route_that_needs_mfa() {
     let dir = tempfile::tempdir().unwrap();
     write_users(dir.path());
     let port = free_port();
-    let sso = SsoProcess::start(dir.path(), &sso_config(), port).await;
+    let gateway_port = free_port();
+    let sso = SsoProcess::start(dir.path(), &sso_config(gateway_port), port).await;
     let issuer = format!("http://localhost:{port}/sso");
 
     // A password-only token, before alice has a second factor.
@@ -171,12 +180,14 @@ async fn totp_and_passkeys_in_chromium_and_a_route_that_needs_mfa() {
 
     // The gateway: /plain needs a token, /mfa the MFA level.
     let backend = Backend::start("orders").await;
-    let gateway = Gateway::start(&format!(
-        "listeners: [ {{ name: plain, address: '127.0.0.1:{{PORT}}' }} ]
+    let _gateway = Gateway::start(&format!(
+        "listeners: [ {{ name: plain, address: '127.0.0.1:{gateway_port}' }} ]
 admin: {{ address: '127.0.0.1:{{ADMIN}}' }}
 identity:
   providers:
     - {{ name: sso, issuer: '{issuer}', audiences: [orders-api] }}
+  login: {{ provider: sso, client_id: gateway, client_secret: gateway-secret,
+           scopes: [openid], public_url: 'http://127.0.0.1:{gateway_port}', secure_cookies: false }}
 upstreams:
   orders: {{ targets: ['{backend}'] }}
 routes:
@@ -185,13 +196,15 @@ routes:
   - {{ name: otp, match: {{ path_prefix: /otp }}, upstream: orders,
        auth: {{ mode: required, require_amr: [otp] }} }}
   - {{ name: plain, match: {{ path_prefix: /plain }}, upstream: orders,
-       auth: {{ mode: required }} }}
+       auth: {{ mode: required, login_redirect: true }} }}
+  - {{ name: app, match: {{ path_prefix: /app }}, upstream: orders,
+       auth: {{ mode: required, require_acr: ['{ACR_MFA}'], login_redirect: true }} }}
 ",
         backend = backend.addr
     ))
     .await;
     let call = |path: &str, token: &str| {
-        let url = gateway.url(path);
+        let url = format!("http://127.0.0.1:{gateway_port}{path}");
         let token = token.to_owned();
         async move {
             let response = client().get(url).bearer_auth(token).send().await.unwrap();
@@ -232,4 +245,127 @@ routes:
         "{challenge}"
     );
     assert!(!challenge.contains("acr_values"), "{challenge}");
+
+    // Browser sessions: a route that needs MFA sends a browser signed in
+    // with a password alone back to the provider with `acr_values` (RFC
+    // 9470 step-up), which then wants the second factor; an API call with
+    // that session gets the 401.
+    let recovery = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("recovery "))
+        .expect("a recovery code from the script")
+        .to_owned();
+    let gw = format!("http://127.0.0.1:{gateway_port}");
+
+    let bob = crate::sso::Browser::default();
+    let form = follow_to_login(&bob, &format!("{gw}/plain/x")).await;
+    let back = sso_login(&bob, &issuer, &form, "bob", "bob-password").await;
+    assert_eq!(back.status(), 303);
+    let landed = follow(&bob, back.headers()["location"].to_str().unwrap()).await;
+    assert_eq!(landed.status(), 200, "bob's password session on /plain");
+    let step_up = bob.navigate(&format!("{gw}/app/x")).await;
+    assert_eq!(step_up.status(), 302);
+    let location = step_up.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with("/_auth/login?rd=%2Fapp%2Fx&acr_values=urn%3Aportcullis%3Aacr%3Amfa"),
+        "{location}"
+    );
+    let to_sso = bob.navigate(&format!("{gw}{location}")).await;
+    let authorize = to_sso.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        authorize.contains("acr_values=urn%3Aportcullis%3Aacr%3Amfa"),
+        "{authorize}"
+    );
+    let form = bob.navigate(&authorize).await.text().await.unwrap();
+    assert!(
+        form.contains("name=\"password\""),
+        "the SSO session is not enough: {form}"
+    );
+    let refused = sso_login(&bob, &issuer, &form, "bob", "bob-password").await;
+    assert_eq!(refused.status(), 403, "bob has no second factor");
+    let api = client()
+        .get(format!("{gw}/app/x"))
+        .header("cookie", bob.cookie_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 401);
+    let body: Value = api.json().await.unwrap();
+    assert_eq!(body["code"], "insufficient_user_authentication", "{body}");
+
+    let alice = crate::sso::Browser::default();
+    let form = follow_to_login(&alice, &format!("{gw}/app/x")).await;
+    let factor = sso_login(&alice, &issuer, &form, "alice", "alice-password").await;
+    assert_eq!(factor.status(), 200);
+    let factor = factor.text().await.unwrap();
+    let back = alice
+        .post(
+            &format!("{issuer}/login/factor"),
+            &[
+                ("request", &crate::sso::hidden(&factor, "request")),
+                ("csrf", &crate::sso::hidden(&factor, "csrf")),
+                ("factor", &crate::sso::hidden(&factor, "factor")),
+                ("recovery_code", &recovery),
+            ],
+        )
+        .await;
+    assert_eq!(back.status(), 303);
+    let landed = follow(&alice, back.headers()["location"].to_str().unwrap()).await;
+    assert_eq!(landed.status(), 200, "alice's MFA session on /app");
+}
+
+/// Follows redirects (gateway → SSO) to the SSO's login form.
+async fn follow_to_login(browser: &crate::sso::Browser, url: &str) -> String {
+    let mut url = url.to_owned();
+    for _ in 0..5 {
+        let response = browser.navigate(&url).await;
+        if response.status() != 302 && response.status() != 303 {
+            return response.text().await.unwrap();
+        }
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        url = absolute(&url, &location);
+    }
+    panic!("too many redirects from {url}");
+}
+
+/// Follows redirects to the end (the gateway's callback, then the page).
+async fn follow(browser: &crate::sso::Browser, url: &str) -> reqwest::Response {
+    let mut url = url.to_owned();
+    for _ in 0..5 {
+        let response = browser.navigate(&url).await;
+        if response.status() != 302 && response.status() != 303 {
+            return response;
+        }
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        url = absolute(&url, &location);
+    }
+    panic!("too many redirects from {url}");
+}
+
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http") {
+        return location.to_owned();
+    }
+    let origin: String = base.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+    format!("{origin}{location}")
+}
+
+async fn sso_login(
+    browser: &crate::sso::Browser,
+    issuer: &str,
+    form: &str,
+    username: &str,
+    password: &str,
+) -> reqwest::Response {
+    browser
+        .post(
+            &format!("{issuer}/login"),
+            &[
+                ("request", &crate::sso::hidden(form, "request")),
+                ("csrf", &crate::sso::hidden(form, "csrf")),
+                ("username", username),
+                ("password", password),
+            ],
+        )
+        .await
 }

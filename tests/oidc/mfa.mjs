@@ -224,6 +224,8 @@ try {
   assert.equal(claims.acr, "urn:portcullis:acr:mfa");
   console.log(`token passkey ${body.access_token}`);
 
+  // A recovery code left for the caller (the gateway's step-up test).
+  console.log(`recovery ${codes[1]}`);
   console.log("ok: every step passed");
 } catch (error) {
   console.error(`failed in step: ${current}`);

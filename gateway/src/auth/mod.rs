@@ -142,6 +142,11 @@ impl RoutePolicy {
         }
     }
 
+    /// The levels this route accepts (`require_acr`).
+    pub fn required_acr(&self) -> &[String] {
+        &self.require_acr
+    }
+
     /// RFC 9470: whether the user signed in strongly enough for the route
     /// (`acr` one of `require_acr`, `amr` holding all of `require_amr`).
     pub fn authenticated_enough(&self, identity: &Identity) -> bool {

@@ -45,6 +45,9 @@ const REFRESH_POLL: Duration = Duration::from_millis(25);
 /// Timeout of every request to the provider.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest `acr_values` a sign-in passes on.
+const MAX_ACR_VALUES: usize = 512;
+
 /// State kept across config reloads.
 pub struct LoginState {
     memory: Arc<sessions::MemoryStore>,
@@ -235,6 +238,17 @@ impl Login {
         format!("{}?rd={}", self.settings.login_path, encode(path_and_query))
     }
 
+    /// Where a browser signed in too weakly for a route goes: a new
+    /// sign-in asking the provider for `acr_values` (RFC 9470 step-up).
+    pub fn step_up_location(&self, path_and_query: &str, acr_values: &[String]) -> String {
+        let mut location = self.login_location(path_and_query);
+        if !acr_values.is_empty() {
+            location.push_str("&acr_values=");
+            location.push_str(&encode(&acr_values.join(" ")));
+        }
+        location
+    }
+
     fn cookie(&self, name: &str, value: &str, max_age: u64) -> String {
         let secure = if self.settings.secure_cookies {
             "; Secure"
@@ -280,7 +294,7 @@ impl Login {
         let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
             ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()),
         );
-        let location = format!(
+        let mut location = format!(
             "{}{}response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&nonce={nonce}&code_challenge={challenge}&code_challenge_method=S256",
             endpoints.authorization_endpoint,
             if endpoints.authorization_endpoint.contains('?') { '&' } else { '?' },
@@ -288,6 +302,14 @@ impl Login {
             encode(&self.redirect_uri),
             encode(&self.settings.scopes.join(" ")),
         );
+        // Step-up (RFC 9470): the levels a route asked for, passed on. Anyone
+        // can ask for more; only the provider decides what a token says.
+        if let Some(acr_values) = query_param(uri.query(), "acr_values")
+            .filter(|v| v.len() <= MAX_ACR_VALUES && v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+        {
+            location.push_str("&acr_values=");
+            location.push_str(&encode(&acr_values));
+        }
         self.store
             .put_pending(
                 &digest(&state),
