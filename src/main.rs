@@ -185,7 +185,13 @@ enum UserCommand {
     /// Enable a disabled user.
     Enable { username: String },
     /// Set a user's password (on stdin).
-    Passwd { username: String },
+    Passwd {
+        username: String,
+        /// A temporary password: the user chooses a new one at the next
+        /// sign-in.
+        #[arg(long)]
+        temporary: bool,
+    },
     /// Delete a user, their roles, groups and consents.
     Delete { username: String },
 }
@@ -504,8 +510,15 @@ fn user_command(command: UserCommand) -> Result<portcullis_sso::AdminCommand, Ex
             username,
             disabled: false,
         },
-        UserCommand::Passwd { username } => match secret_from_stdin(NAME) {
-            Ok(password) => AdminCommand::SetPassword { username, password },
+        UserCommand::Passwd {
+            username,
+            temporary,
+        } => match secret_from_stdin(NAME) {
+            Ok(password) => AdminCommand::SetPassword {
+                username,
+                password,
+                temporary,
+            },
             Err(code) => return Err(code),
         },
         UserCommand::Delete { username } => AdminCommand::DeleteUser { username },

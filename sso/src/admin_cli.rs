@@ -28,6 +28,8 @@ pub enum AdminCommand {
     SetPassword {
         username: String,
         password: String,
+        /// To be replaced by the user at the next sign-in.
+        temporary: bool,
     },
     DeleteUser {
         username: String,
@@ -181,9 +183,14 @@ async fn run(
             };
             change(username, update, what).await
         }
-        AdminCommand::SetPassword { username, password } => {
+        AdminCommand::SetPassword {
+            username,
+            password,
+            temporary,
+        } => {
             let update = UserChange {
                 password_hash: Some(hash(password).await?),
+                password_change_required: Some(temporary),
                 ..UserChange::default()
             };
             change(username, update, "password set").await

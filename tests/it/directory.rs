@@ -415,6 +415,11 @@ async fn the_cli_bootstraps_the_first_admin_and_manages_users() {
             "another-password-3\n",
             "root: password set",
         ),
+        (
+            &["user", "passwd", "root", "--temporary"][..],
+            "temporary-password-4\n",
+            "root: password set",
+        ),
         (&["user", "delete", "root"][..], "", "root: deleted"),
         (&["client", "delete", "cli-app"][..], "", "cli-app: deleted"),
     ] {
