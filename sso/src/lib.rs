@@ -535,7 +535,11 @@ fn router(state: Shared) -> Router {
         )
         .route(
             &format!("{base}/admin/users/{{username}}/sessions"),
-            axum::routing::delete(admin::end_user_sessions),
+            get(admin::list_user_sessions).delete(admin::end_user_sessions),
+        )
+        .route(
+            &format!("{base}/admin/users/{{username}}/sessions/{{sid}}"),
+            axum::routing::delete(admin::end_user_session),
         )
         .route(&format!("{base}/admin/audit"), get(admin::list_audit))
         .route(&format!("{base}/admin/roles"), get(admin::list_roles))

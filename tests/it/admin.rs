@@ -394,6 +394,43 @@ async fn disabling_a_user_ends_their_sessions_and_refreshes() {
     // her being disabled can stop it.
     let offline = web_ui_tokens_for(sso, "dora", "dora-password-1", "openid offline_access").await;
     let refresh_token = offline["refresh_token"].as_str().unwrap().to_owned();
+    // Her sessions, listed and one ended by `sid`: the gateway's stays.
+    let (status, listed) = call(sso, "GET", "/admin/users/dora/sessions", None, Some(&admin)).await;
+    assert_eq!(status, 200, "{listed}");
+    let sessions = listed["sessions"].as_array().unwrap().clone();
+    assert_eq!(sessions.len(), 2, "{listed}");
+    let newest = format!(
+        "/admin/users/dora/sessions/{}",
+        sessions[1]["sid"].as_str().unwrap()
+    );
+    assert_eq!(
+        call(sso, "DELETE", &newest, None, Some(&admin)).await.0,
+        204
+    );
+    assert_eq!(
+        call(sso, "DELETE", &newest, None, Some(&admin)).await.0,
+        404
+    );
+    let (_, listed) = call(sso, "GET", "/admin/users/dora/sessions", None, Some(&admin)).await;
+    assert_eq!(listed["sessions"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(
+        with_cookie(&gws[0], &cookie).await,
+        200,
+        "the gateway's session lives"
+    );
+    let service = token(sso, "billing", "billing-secret").await;
+    assert_eq!(
+        call(
+            sso,
+            "GET",
+            "/admin/users/dora/sessions",
+            None,
+            Some(&service)
+        )
+        .await
+        .0,
+        403
+    );
     let (status, _) = call(
         sso,
         "PATCH",

@@ -156,6 +156,73 @@ pub async fn end_user_sessions(
     no_store(Json(json!({ "ended": ended })).into_response())
 }
 
+/// A user's live SSO sessions, newest last: `sid` (as in ID and logout
+/// tokens) and when each began (Unix seconds).
+#[utoipa::path(get, path = "/admin/users/{username}/sessions", tag = "admin",
+    params(("username" = String, Path, description = "The user's name (`sub`)")),
+    responses(
+        (status = 200, description = "`{sessions: [{sid, created}]}`", body = Object),
+        (status = 401, description = "No active token", body = crate::api_doc::OAuthErrorBody),
+        (status = 403, description = "Not an admin", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_user_sessions(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            let sessions: Vec<_> = sso
+                .sessions_of(&username)
+                .await
+                .into_iter()
+                .map(|(sid, created)| json!({ "sid": sid, "created": created }))
+                .collect();
+            sso.audit(
+                json!({ "event": "admin_sessions_listed", "by": admin.subject, "sub": username }),
+            );
+            Ok(Json(json!({ "sessions": sessions })).into_response())
+        }
+        .await,
+    )
+}
+
+/// Ends one session of a user (by `sid`), with back-channel logout.
+#[utoipa::path(delete, path = "/admin/users/{username}/sessions/{sid}", tag = "admin",
+    params(("username" = String, Path, description = "The user's name (`sub`)"),
+        ("sid" = String, Path, description = "The session (`sid`)")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 404, description = "No such live session", body = crate::api_doc::OAuthErrorBody),
+        (status = 401, description = "No active token", body = crate::api_doc::OAuthErrorBody),
+        (status = 403, description = "Not an admin", body = crate::api_doc::OAuthErrorBody)),
+    security(("bearer" = [])))]
+pub async fn end_user_session(
+    State(sso): State<Shared>,
+    headers: HeaderMap,
+    Path((username, sid)): Path<(String, String)>,
+) -> Response {
+    answer(
+        async {
+            let admin = sso.admin(&headers).await?;
+            if !sso.end_one_session(&username, &sid).await {
+                return Err(OAuthError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such live session",
+                ));
+            }
+            sso.audit(
+                json!({ "event": "admin_session_ended", "by": admin.subject, "sub": username,
+                "sid": sid }),
+            );
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        .await,
+    )
+}
+
 impl Sso {
     /// Ends every session of `username` (with back-channel logout); how
     /// many were live.
