@@ -32,20 +32,22 @@ fn random_text(bytes: usize) -> anyhow::Result<String> {
 fn sso_config(ports: &Ports, service_hash: &str, gateway_hash: &str) -> String {
     format!(
         "# Written by `portcullis demo`.
-issuer: http://127.0.0.1:{gateway}/sso
+issuer: http://localhost:{gateway}/sso
 listen: 127.0.0.1:{sso}
 keys: {{ dir: keys }}
 users: {{ file: users.yaml, registration: open }}
 session: {{ secure_cookies: false }}
 trusted_proxies: [127.0.0.1/32]
 branding: {{ title: Portcullis demo }}
+# The demo user (role `admin`) may use the console and the admin API.
+admin: {{ role: admin }}
 clients:
   - client_id: demo-ui
     name: Demo UI
     type: public
     first_party: true
-    redirect_uris: [ 'http://127.0.0.1:{gateway}/callback' ]
-    post_logout_redirect_uris: [ 'http://127.0.0.1:{gateway}/' ]
+    redirect_uris: [ 'http://localhost:{gateway}/callback' ]
+    post_logout_redirect_uris: [ 'http://localhost:{gateway}/' ]
   - client_id: demo-service
     type: confidential
     secret_hash: '{service_hash}'
@@ -57,9 +59,9 @@ clients:
     first_party: true
     secret_hash: '{gateway_hash}'
     grant_types: [ authorization_code, refresh_token ]
-    redirect_uris: [ 'http://127.0.0.1:{gateway}/_auth/callback' ]
-    post_logout_redirect_uris: [ 'http://127.0.0.1:{gateway}/docs/' ]
-    backchannel_logout_uri: 'http://127.0.0.1:{gateway}/_auth/backchannel-logout'
+    redirect_uris: [ 'http://localhost:{gateway}/_auth/callback' ]
+    post_logout_redirect_uris: [ 'http://localhost:{gateway}/docs/' ]
+    backchannel_logout_uri: 'http://localhost:{gateway}/_auth/backchannel-logout'
     audience: [ demo-api ]
 ",
         gateway = ports.gateway,
@@ -90,13 +92,13 @@ admin: {{ address: '127.0.0.1:{admin}' }}
 portal: {{ enabled: true, title: Portcullis demo, refresh_interval: 10s }}
 identity:
   providers:
-    - {{ name: sso, issuer: 'http://127.0.0.1:{gateway}/sso', jwks_uri: 'http://127.0.0.1:{sso}/sso/jwks', audiences: [ demo-api, demo-ui ] }}
+    - {{ name: sso, issuer: 'http://localhost:{gateway}/sso', jwks_uri: 'http://127.0.0.1:{sso}/sso/jwks', audiences: [ demo-api, demo-ui ] }}
   login:
     provider: sso
     client_id: demo-gateway
     client_secret: '{gateway_secret}'
     scopes: [ openid, profile ]
-    public_url: 'http://127.0.0.1:{gateway}'
+    public_url: 'http://localhost:{gateway}'
     post_logout_path: /docs/
     secure_cookies: false
 upstreams:
@@ -159,18 +161,20 @@ pub fn run(dir: Option<PathBuf>, ports: &Ports) -> anyhow::Result<()> {
     let g = ports.gateway;
     println!(
         "Portcullis demo (configs in {dir})
-  docs portal      http://127.0.0.1:{g}/docs/
-  sign in (browser) http://127.0.0.1:{g}/api/healthz   (then the portal shows what you may call;
-                   sign out: http://127.0.0.1:{g}/_auth/logout)
-  merged OpenAPI   http://127.0.0.1:{g}/openapi.json
-  SSO discovery    http://127.0.0.1:{g}/sso/.well-known/openid-configuration
+  docs portal      http://localhost:{g}/docs/
+  sign in (browser) http://localhost:{g}/api/healthz   (then the portal shows what you may call;
+                   sign out: http://localhost:{g}/_auth/logout)
+  merged OpenAPI   http://localhost:{g}/openapi.json
+  SSO discovery    http://localhost:{g}/sso/.well-known/openid-configuration
+  your account     http://localhost:{g}/sso/account   (password, authenticator app, passkeys, sessions)
+  admin console    http://localhost:{g}/sso/console   (users, roles, clients, audit; the demo user is an admin)
   user             demo / {password}   (login page: any authorization request; /sso/register to sign up)
   service client   demo-service / {secret}
 
   TOKEN=$(curl -s -u demo-service:{secret} -d grant_type=client_credentials \\
-      http://127.0.0.1:{g}/sso/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')
-  curl -i http://127.0.0.1:{g}/api/healthz                               # 401
-  curl -i -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{g}/api/healthz   # 200
+      http://localhost:{g}/sso/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')
+  curl -i http://localhost:{g}/api/healthz                               # 401
+  curl -i -H \"Authorization: Bearer $TOKEN\" http://localhost:{g}/api/healthz   # 200
 ",
         dir = dir.display()
     );

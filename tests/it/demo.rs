@@ -157,6 +157,31 @@ async fn demo_runs_gateway_and_sso_together() {
         200
     );
 
+    // The printed account and console links work for the demo user (an
+    // admin); passkeys are on (the issuer is on `localhost`).
+    for (page, says) in [("account", "Passkeys"), ("console", "New user")] {
+        let link = printed
+            .lines()
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.ends_with(&format!("/sso/{page}")))
+            })
+            .unwrap_or_else(|| panic!("the {page} link is printed:\n{printed}"))
+            .replace("localhost", "127.0.0.1");
+        let answer = demo.navigate(&link).await;
+        assert_eq!(answer.status(), 200, "{link}");
+        let html = answer.text().await.unwrap();
+        assert!(html.contains(says), "{link}: {html}");
+    }
+    assert_eq!(
+        newcomer
+            .navigate(&format!("{base}/sso/console"))
+            .await
+            .status(),
+        403,
+        "a self-registered user is no admin"
+    );
+
     // The portal shows the SSO's API to everyone, the gateway's admin API
     // only to an admin.
     let sso_listed = eventually(Duration::from_secs(10), || async {
