@@ -109,6 +109,10 @@ pub struct DirectoryConfig {
     /// Longest wait for a connection. Defaults to 5s.
     #[serde(default = "default_directory_timeout")]
     pub timeout: Duration,
+    /// How long audit events are kept in the directory (the log keeps its
+    /// own copy). Defaults to 90d.
+    #[serde(default = "default_audit_retention")]
+    pub audit_retention: Duration,
 }
 
 impl Default for DirectoryConfig {
@@ -118,8 +122,14 @@ impl Default for DirectoryConfig {
             file: default_directory_file(),
             max_connections: default_directory_connections(),
             timeout: default_directory_timeout(),
+            audit_retention: default_audit_retention(),
         }
     }
+}
+
+/// A quarter: long enough to answer "what happened last month".
+fn default_audit_retention() -> Duration {
+    Duration::from_secs(90 * 24 * 3600)
 }
 
 fn default_directory_file() -> String {

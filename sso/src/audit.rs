@@ -5,6 +5,7 @@
 //! are dropped (and counted in the log) — the stdout line is still there.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -15,6 +16,8 @@ use crate::directory::{AuditEvent, Directory};
 const BACKLOG: usize = 10_000;
 /// Rows per transaction at most.
 const BATCH: usize = 200;
+/// How often events past their retention are deleted (and once at start).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Where audit events go.
 pub struct AuditLog {
@@ -22,9 +25,23 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the writer (needs a tokio runtime).
-    pub fn start(directory: Arc<dyn Directory>) -> AuditLog {
+    /// Starts the writer and the pruning of events older than
+    /// `retention` (needs a tokio runtime).
+    pub fn start(directory: Arc<dyn Directory>, retention: Duration) -> AuditLog {
         let (rows, mut pending) = mpsc::channel::<AuditEvent>(BACKLOG);
+        let pruned = directory.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                let before = crate::keys::now_secs().saturating_sub(retention.as_secs()) as i64;
+                match pruned.prune_audit(before).await {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("audit: {n} events older than {retention:?} removed"),
+                    Err(e) => log::warn!("audit: pruning failed: {e}"),
+                }
+            }
+        });
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while pending.recv_many(&mut batch, BATCH).await > 0 {

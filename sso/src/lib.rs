@@ -161,7 +161,7 @@ async fn serve(config: SsoConfig, source: &Path) -> Result<(), SsoError> {
             portcullis_config::clients_also_in_directory(source, &clients_in_both),
         ));
     }
-    let audit = audit::AuditLog::start(directory.clone());
+    let audit = audit::AuditLog::start(directory.clone(), config.directory.audit_retention.0);
     bootstrap_admin(&users, &config, &audit).await?;
     let state = Arc::new(Sso {
         clients: Clients::new(&config.clients),

@@ -59,6 +59,8 @@ pub struct AuditQuery<'a> {
 pub trait AuditTrail: Send + Sync {
     async fn record(&self, events: &[AuditEvent]) -> Result<(), DirectoryError>;
     async fn audit_events(&self, query: AuditQuery<'_>) -> Result<Vec<AuditEvent>, DirectoryError>;
+    /// Deletes events older than `before` (Unix seconds); how many.
+    async fn prune_audit(&self, before: i64) -> Result<u64, DirectoryError>;
 }
 
 #[async_trait]
@@ -82,6 +84,14 @@ impl AuditTrail for SqlDirectory {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn prune_audit(&self, before: i64) -> Result<u64, DirectoryError> {
+        let done = sqlx::query("DELETE FROM audit_events WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn audit_events(&self, query: AuditQuery<'_>) -> Result<Vec<AuditEvent>, DirectoryError> {
@@ -175,5 +185,9 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![4, 2, 0]
         );
+        // Retention: everything recorded before `now + 1` goes.
+        let now = crate::keys::now_secs() as i64;
+        assert_eq!(d.prune_audit(now - 3600).await.unwrap(), 0);
+        assert_eq!(d.prune_audit(now + 1).await.unwrap(), 6);
     }
 }
