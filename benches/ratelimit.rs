@@ -40,6 +40,8 @@ fn bench(c: &mut Criterion) {
     });
 }
 
+// A benchmark outside any runtime while it waits for redis-server.
+#[allow(clippy::disallowed_methods)]
 fn bench_redis(c: &mut Criterion) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

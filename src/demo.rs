@@ -187,6 +187,8 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+// Before the gateway's runtime starts: a plain thread may sleep.
+#[allow(clippy::disallowed_methods)]
 fn wait_for_port(port: u16, limit: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < limit {

@@ -653,7 +653,9 @@ impl ChildGuard {
         self.0.as_ref().map_or(0, Child::id)
     }
 
-    /// Waits up to `limit` for the process to exit by itself.
+    /// Waits up to `limit` for the process to exit by itself (called from
+    /// `spawn_blocking` or plain threads, never on a runtime thread).
+    #[allow(clippy::disallowed_methods)]
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let started = Instant::now();
         while started.elapsed() < limit {

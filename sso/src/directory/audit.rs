@@ -143,7 +143,7 @@ mod tests {
             events.push(AuditEvent::from_logged(
                 json!({ "event": "login", "sub": sub, "n": i }),
             ));
-            std::thread::sleep(std::time::Duration::from_micros(2));
+            tokio::time::sleep(std::time::Duration::from_micros(2)).await;
         }
         events.push(AuditEvent::from_logged(
             json!({ "event": "admin_user_deleted", "sub": "bob", "by": "root" }),
