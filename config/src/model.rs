@@ -829,6 +829,12 @@ pub struct Server {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<IpNet>,
+    /// Where `trusted_proxies` write the client's address:
+    /// `x-forwarded-for` or `forwarded` (RFC 7239). Only that header is read
+    /// for it: a proxy that maintains one usually passes the other through
+    /// from the client. Defaults to x-forwarded-for.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
     /// Watch the config file and reload when it changes. Defaults to true.
     #[serde(default = "default_true")]
     pub watch_config: bool,
@@ -939,6 +945,7 @@ impl Default for Server {
             threads: None,
             grace_period: default_grace_period(),
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
             watch_config: true,
             limits: Limits::default(),
             paths: Paths::default(),
@@ -1494,3 +1501,7 @@ pub struct HeaderOps {
     #[serde(default)]
     pub remove: Vec<String>,
 }
+
+/// The header trusted proxies write the client's address in (one type
+/// with the reader of it).
+pub use portcullis_web::client_ip::Source as ClientIpHeader;

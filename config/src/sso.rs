@@ -62,12 +62,17 @@ pub struct SsoConfig {
     /// Bounds on what a client may take.
     #[serde(default)]
     pub limits: SsoLimits,
-    /// Proxies (the gateway, the load balancer) whose `X-Forwarded-For` is
+    /// Proxies (the gateway, the load balancer) whose `client_ip_header` is
     /// believed, so login throttling counts the client's address, not the
     /// proxy's. Defaults to none.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Where `trusted_proxies` write the client's address:
+    /// `x-forwarded-for` or `forwarded` (RFC 7239). Defaults to
+    /// x-forwarded-for.
+    #[serde(default)]
+    pub client_ip_header: crate::model::ClientIpHeader,
     /// The admin API (`{issuer}/admin/…`).
     #[serde(default)]
     pub admin: AdminApi,

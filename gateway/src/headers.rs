@@ -82,6 +82,20 @@ pub fn normalise_host(raw: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A trusted proxy's list (`X-Forwarded-For`, `Forwarded`) with this hop
+/// appended: every line of it, in order, joined into one (a list may be
+/// split over lines; keeping only the first would drop the proxies that
+/// appended to the others).
+pub fn append_hop<'a>(lines: http::header::GetAll<'a, http::HeaderValue>, hop: &[u8]) -> Vec<u8> {
+    let mut joined = Vec::with_capacity(64);
+    for line in lines {
+        joined.extend_from_slice(line.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(hop);
+    joined
+}
+
 /// One `Forwarded` element (RFC 7239) for this hop.
 pub fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> String {
     let for_part = match client {
@@ -99,6 +113,21 @@ pub fn forwarded_element(client: IpAddr, proto: &str, host: Option<&str>) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_line_of_a_forwarded_list_is_kept() {
+        let mut map = http::HeaderMap::new();
+        map.append(X_FORWARDED_FOR, "1.1.1.1, 10.0.0.1".parse().unwrap());
+        map.append(X_FORWARDED_FOR, "10.0.0.2".parse().unwrap());
+        assert_eq!(
+            append_hop(map.get_all(X_FORWARDED_FOR), b"10.0.0.3"),
+            b"1.1.1.1, 10.0.0.1, 10.0.0.2, 10.0.0.3"
+        );
+        assert_eq!(
+            append_hop(map.get_all(FORWARDED), b"for=10.0.0.3"),
+            b"for=10.0.0.3"
+        );
+    }
 
     #[test]
     fn request_ids() {

@@ -623,11 +623,14 @@ impl ProxyHttp for Gateway {
         if snapshot.rate_limiter.has_limits(route_index) {
             let identity = ctx.identity.as_deref();
             let source = ratelimit::KeySource {
-                client_ip: ratelimit::client_ip(
-                    client_ip(session),
-                    &req.headers,
-                    &snapshot.trusted_proxies,
-                ),
+                client_ip: client_ip(session).map(|peer| {
+                    portcullis_web::client_ip::client_ip(
+                        peer,
+                        &req.headers,
+                        &snapshot.trusted_proxies,
+                        snapshot.client_ip_source,
+                    )
+                }),
                 user: identity.and_then(|i| i.subject.as_deref()),
                 client_id: identity.and_then(|i| i.client_id.as_deref()),
                 api_key: snapshot.auth.api_key(&req.headers).map(str::as_bytes),
@@ -925,11 +928,12 @@ impl ProxyHttp for Gateway {
         // sees it (the right-most untrusted hop) goes out under that name;
         // whatever the client sent under it was stripped above.
         let real_ip_header = ctx.snapshot.real_ip_header.as_ref();
-        let real = real_ip_header.and_then(|_| {
-            ratelimit::client_ip(
-                client,
+        let real = real_ip_header.and(client).map(|peer| {
+            portcullis_web::client_ip::client_ip(
+                peer,
                 &session.req_header().headers,
                 &ctx.snapshot.trusted_proxies,
+                ctx.snapshot.client_ip_source,
             )
         });
         if let Some(ip) = client {
@@ -938,14 +942,12 @@ impl ProxyHttp for Gateway {
             // Formatted once: the peer's address is X-Forwarded-For's last
             // hop and, from an untrusted peer, X-Real-IP as well.
             let peer_value = http::HeaderValue::from_str(ip_text).ok();
-            let xff = match upstream.headers.get(headers::X_FORWARDED_FOR) {
-                Some(existing) if trusted => {
-                    let mut joined = Vec::with_capacity(existing.len() + 2 + ip_text.len());
-                    joined.extend_from_slice(existing.as_bytes());
-                    joined.extend_from_slice(b", ");
-                    joined.extend_from_slice(ip_text.as_bytes());
-                    http::HeaderValue::from_bytes(&joined).ok()
-                }
+            let xff = match upstream.headers.contains_key(headers::X_FORWARDED_FOR) {
+                true if trusted => http::HeaderValue::from_bytes(&headers::append_hop(
+                    upstream.headers.get_all(headers::X_FORWARDED_FOR),
+                    ip_text.as_bytes(),
+                ))
+                .ok(),
                 _ => peer_value.clone(),
             };
             if let Some(xff) = xff {
@@ -957,16 +959,17 @@ impl ProxyHttp for Gateway {
             }
             let proto = if ctx.is_tls { "https" } else { "http" };
             let element = headers::forwarded_element(ip, proto, Some(host));
-            let forwarded = match upstream.headers.get(headers::FORWARDED) {
-                Some(existing) if trusted => {
-                    format!(
-                        "{}, {element}",
-                        String::from_utf8_lossy(existing.as_bytes())
-                    )
-                }
-                _ => element,
+            let forwarded = match upstream.headers.contains_key(headers::FORWARDED) {
+                true if trusted => http::HeaderValue::from_bytes(&headers::append_hop(
+                    upstream.headers.get_all(headers::FORWARDED),
+                    element.as_bytes(),
+                ))
+                .ok(),
+                _ => http::HeaderValue::from_str(&element).ok(),
             };
-            upstream.insert_header(headers::FORWARDED, forwarded)?;
+            if let Some(forwarded) = forwarded {
+                upstream.insert_header(headers::FORWARDED, forwarded)?;
+            }
         }
         if let (Some(name), Some(real)) = (real_ip_header, real.filter(|r| Some(*r) != client)) {
             let mut ip_buf = IpText::default();
@@ -1334,12 +1337,12 @@ fn hash_key<'s>(session: &'s Session, hash_on: &config::HashOn) -> HashKey<'s> {
             .map_or(HashKey::None, |v| HashKey::Bytes(v.as_bytes()));
     }
     if let Some(cookie_name) = &hash_on.cookie {
-        // The same reading of `Cookie` as everywhere (portcullis_cookie).
+        // The same reading of `Cookie` as everywhere (portcullis_web::cookie).
         return req
             .headers
             .get_all(header::COOKIE)
             .iter()
-            .flat_map(|value| portcullis_cookie::pairs(value.as_bytes()))
+            .flat_map(|value| portcullis_web::cookie::pairs(value.as_bytes()))
             .find(|(name, _)| *name == cookie_name.as_bytes())
             .map_or(HashKey::None, |(_, value)| HashKey::Bytes(value));
     }

@@ -53,6 +53,8 @@ pub struct Snapshot {
     /// What to do with header names that contain `_`.
     pub underscores: config::Underscores,
     pub trusted_proxies: Vec<IpNet>,
+    /// The header `trusted_proxies` write the client's address in.
+    pub client_ip_source: portcullis_web::client_ip::Source,
     pub access_log: bool,
     /// Token validation, identity headers and the reserved header names.
     pub auth: Authenticator,
@@ -247,6 +249,7 @@ impl Snapshot {
                     .as_deref()
                     .and_then(|name| http::HeaderName::from_bytes(name.as_bytes()).ok()),
                 trusted_proxies: config.server.trusted_proxies.clone(),
+                client_ip_source: config.server.client_ip_header,
                 auth,
                 route_auth,
                 rate_limiter,

@@ -961,7 +961,7 @@ fn display_name(client: &Client) -> String {
 
 /// A cookie's value from the request.
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    portcullis_cookie::find(headers, name).map(str::to_owned)
+    portcullis_web::cookie::find(headers, name).map(str::to_owned)
 }
 
 /// `uri` with `params` appended to its query.

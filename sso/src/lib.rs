@@ -420,7 +420,12 @@ impl Sso {
         peer: std::net::IpAddr,
         headers: &HeaderMap,
     ) -> std::net::IpAddr {
-        client_ip(&self.config.trusted_proxies, peer, headers)
+        portcullis_web::client_ip::client_ip(
+            peer,
+            headers,
+            &self.config.trusted_proxies,
+            self.config.client_ip_header,
+        )
     }
 
     fn endpoint(&self, path: &str) -> String {
@@ -750,32 +755,6 @@ async fn revoke(
     }
 }
 
-/// The client's address: the peer, or — when the peer is a trusted proxy —
-/// the right-most address of `X-Forwarded-For` that is not one (addresses
-/// further left were written by the client and prove nothing).
-fn client_ip(
-    trusted_proxies: &[ipnet::IpNet],
-    peer: std::net::IpAddr,
-    headers: &HeaderMap,
-) -> std::net::IpAddr {
-    let trusted = |ip: &std::net::IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
-    if !trusted(&peer) {
-        return peer;
-    }
-    let forwarded: Vec<std::net::IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .collect();
-    forwarded
-        .into_iter()
-        .rev()
-        .find(|ip| !trusted(ip))
-        .unwrap_or(peer)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -795,26 +774,6 @@ mod tests {
         assert!(html.contains("&lt;script&gt;"), "{html}");
         assert!(!html.contains("<script>"));
         assert!(html.contains("a &amp; b"));
-    }
-
-    #[test]
-    fn client_address_behind_trusted_proxies() {
-        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("6.6.6.6, 203.0.113.9, 10.1.1.1"),
-        );
-        let proxy: std::net::IpAddr = "10.0.0.2".parse().unwrap();
-        let stranger: std::net::IpAddr = "198.51.100.7".parse().unwrap();
-        // The right-most untrusted hop, not what the client wrote first.
-        assert_eq!(
-            client_ip(&trusted, proxy, &headers).to_string(),
-            "203.0.113.9"
-        );
-        // An untrusted peer's header is ignored.
-        assert_eq!(client_ip(&trusted, stranger, &headers), stranger);
-        assert_eq!(client_ip(&[], proxy, &headers), proxy);
     }
 
     #[test]

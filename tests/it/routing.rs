@@ -232,6 +232,51 @@ async fn untrusted_forwarding_headers_are_replaced() {
         .unwrap();
     assert_eq!(echo.headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
     assert_eq!(echo.headers["x-forwarded-proto"], "https");
+
+    // A list split over lines is one list: every line is kept, in order.
+    let echo: Echo = client()
+        .get(gateway.url("/"))
+        .header("x-forwarded-for", "6.6.6.6, 10.0.0.1")
+        .header("x-forwarded-for", "10.0.0.2")
+        .header("forwarded", "for=6.6.6.6")
+        .header("forwarded", "for=10.0.0.2")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo.headers["x-forwarded-for"],
+        "6.6.6.6, 10.0.0.1, 10.0.0.2, 127.0.0.1"
+    );
+    assert!(
+        echo.headers["forwarded"].starts_with("for=6.6.6.6, for=10.0.0.2, for=127.0.0.1;"),
+        "{}",
+        echo.headers["forwarded"]
+    );
+
+    // `client_ip_header: forwarded`: the client is read from `Forwarded`
+    // (right-most untrusted hop), never from `X-Forwarded-For`.
+    let by_forwarded = config.replace(
+        "admin:",
+        "server: { trusted_proxies: [127.0.0.0/8], client_ip_header: forwarded, real_ip_header: X-Real-IP }\nadmin:",
+    );
+    let gateway = Gateway::start(&by_forwarded).await;
+    let echo: Echo = client()
+        .get(gateway.url("/"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header(
+            "forwarded",
+            "for=7.7.7.7, for=\"198.51.100.7:4711\";proto=https",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo.headers["x-real-ip"], "198.51.100.7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

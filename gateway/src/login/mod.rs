@@ -152,7 +152,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    portcullis_cookie::find(headers, name).map(str::to_owned)
+    portcullis_web::cookie::find(headers, name).map(str::to_owned)
 }
 
 /// Only a path of this gateway: no scheme, no `//host`, no backslashes
@@ -627,14 +627,14 @@ pub fn is_browser_navigation(method: &http::Method, headers: &HeaderMap) -> bool
 /// Whether one `Cookie` header value has a cookie called `name` (no
 /// allocation: checked for every proxied request). The same reading as
 /// [`cookie_value`], so a cookie that signs a request in is always found
-/// here (`portcullis_cookie`).
+/// here (`portcullis_web::cookie`).
 pub fn cookie_value_in(value: &[u8], name: &str) -> bool {
-    portcullis_cookie::contains(value, name)
+    portcullis_web::cookie::contains(value, name)
 }
 
 /// The `Cookie` header without the session cookie (for the upstream).
 pub fn without_cookie(value: &[u8], name: &str) -> Vec<u8> {
-    portcullis_cookie::without(value, name)
+    portcullis_web::cookie::without(value, name)
 }
 
 #[cfg(test)]

@@ -419,31 +419,5 @@ fn sanitise_name(name: &str) -> String {
         .collect()
 }
 
-/// The client address for `client_ip` keys: behind trusted proxies, the
-/// rightmost `X-Forwarded-For` entry that is not one of them.
-pub fn client_ip(
-    peer: Option<IpAddr>,
-    headers: &http::HeaderMap,
-    trusted: &[ipnet::IpNet],
-) -> Option<IpAddr> {
-    let peer = peer?;
-    if !trusted.iter().any(|n| n.contains(&peer)) {
-        return Some(peer);
-    }
-    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let Some(forwarded) = forwarded else {
-        return Some(peer);
-    };
-    let mut candidate = peer;
-    for entry in forwarded.rsplit(',') {
-        match entry.trim().parse::<IpAddr>() {
-            Ok(ip) if trusted.iter().any(|n| n.contains(&ip)) => candidate = ip,
-            Ok(ip) => return Some(ip),
-            Err(_) => break,
-        }
-    }
-    Some(candidate)
-}
-
 #[cfg(test)]
 mod tests;
