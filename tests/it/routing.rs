@@ -191,6 +191,16 @@ async fn no_route_is_json_404_with_request_id() {
     assert!(!gateway.stdout().contains("secret"));
 }
 
+/// What the echo backend saw of a `GET /` with these headers (repeated
+/// names are separate lines).
+async fn echo_with(gateway: &Gateway, headers: &[(&str, &str)]) -> Echo {
+    let mut request = client().get(gateway.url("/"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_forwarding_headers_are_replaced() {
     let echo = Backend::start("echo").await;
@@ -199,17 +209,15 @@ async fn untrusted_forwarding_headers_are_replaced() {
         echo.addr
     ));
     let gateway = Gateway::start(&config).await;
-    let echo: Echo = client()
-        .get(gateway.url("/"))
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-forwarded-proto", "https")
-        .header("forwarded", "for=6.6.6.6")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = echo_with(
+        &gateway,
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+        ],
+    )
+    .await;
     assert_eq!(echo.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(echo.headers["x-forwarded-proto"], "http");
     assert!(!echo.headers["forwarded"].contains("6.6.6.6"));
@@ -220,32 +228,28 @@ async fn untrusted_forwarding_headers_are_replaced() {
         "server: { trusted_proxies: [127.0.0.0/8] }\nadmin:",
     );
     let gateway = Gateway::start(&trusted).await;
-    let echo: Echo = client()
-        .get(gateway.url("/"))
-        .header("x-forwarded-for", "6.6.6.6")
-        .header("x-forwarded-proto", "https")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = echo_with(
+        &gateway,
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
     assert_eq!(echo.headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
     assert_eq!(echo.headers["x-forwarded-proto"], "https");
 
     // A list split over lines is one list: every line is kept, in order.
-    let echo: Echo = client()
-        .get(gateway.url("/"))
-        .header("x-forwarded-for", "6.6.6.6, 10.0.0.1")
-        .header("x-forwarded-for", "10.0.0.2")
-        .header("forwarded", "for=6.6.6.6")
-        .header("forwarded", "for=10.0.0.2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = echo_with(
+        &gateway,
+        &[
+            ("x-forwarded-for", "6.6.6.6, 10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("forwarded", "for=6.6.6.6"),
+            ("forwarded", "for=10.0.0.2"),
+        ],
+    )
+    .await;
     assert_eq!(
         echo.headers["x-forwarded-for"],
         "6.6.6.6, 10.0.0.1, 10.0.0.2, 127.0.0.1"
