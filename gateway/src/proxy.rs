@@ -581,39 +581,23 @@ impl ProxyHttp for Gateway {
                         ctx.identity = Some(authorized.identity);
                     }
                     Ok(None) => {}
-                    Err(AuthError::Missing)
+                    // A browser without credentials signs in; one signed in
+                    // too weakly signs in again at the level the route asks
+                    // for (RFC 9470 step-up); both come back here.
+                    Err(error @ (AuthError::Missing | AuthError::InsufficientAuthentication))
                         if policy.login_redirect
                             && crate::login::is_browser_navigation(&req.method, &req.headers) =>
                     {
-                        if let Some(login) = &snapshot.login {
-                            let target = req
-                                .uri
-                                .path_and_query()
-                                .map_or("/", |p| p.as_str())
-                                .to_owned();
-                            let location = login.login_location(&target);
-                            return self.write_redirect(session, ctx, &location, &[]).await;
-                        }
-                        return self.reject_auth(session, ctx, AuthError::Missing).await;
-                    }
-                    // RFC 9470 step-up for a browser: sign in again at the
-                    // level the route asks for, and come back.
-                    Err(AuthError::InsufficientAuthentication)
-                        if policy.login_redirect
-                            && crate::login::is_browser_navigation(&req.method, &req.headers) =>
-                    {
-                        if let Some(login) = &snapshot.login {
-                            let target = req
-                                .uri
-                                .path_and_query()
-                                .map_or("/", |p| p.as_str())
-                                .to_owned();
-                            let location = login.step_up_location(&target, policy.required_acr());
-                            return self.write_redirect(session, ctx, &location, &[]).await;
-                        }
-                        return self
-                            .reject_auth(session, ctx, AuthError::InsufficientAuthentication)
-                            .await;
+                        let Some(login) = &snapshot.login else {
+                            return self.reject_auth(session, ctx, error).await;
+                        };
+                        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                        let acr_values = match error {
+                            AuthError::InsufficientAuthentication => policy.required_acr(),
+                            _ => &[],
+                        };
+                        let location = login.login_location(target, acr_values);
+                        return self.write_redirect(session, ctx, &location, &[]).await;
                     }
                     Err(e) => return self.reject_auth(session, ctx, e).await,
                 }

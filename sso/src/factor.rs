@@ -119,23 +119,15 @@ impl Sso {
         methods: Methods,
         error: Option<&str>,
     ) -> Response {
-        let id = random_id(24);
         let step = NewPasswordStep {
             request: request_id.to_owned(),
             username: username.to_owned(),
             methods,
         };
-        let stored = self
-            .store
-            .put(
-                &format!("new_password:{}", digest(&id)),
-                &serde_json::to_value(&step).unwrap_or_default(),
-                FACTOR_TTL,
-            )
-            .await;
-        if let Err(e) = stored {
-            return self.directory_down(e);
-        }
+        let id = match self.keep_sign_in_step("new_password", &step).await {
+            Ok(id) => id,
+            Err(page) => return page,
+        };
         let mut response = self.render(
             "new_password.html",
             json!({
@@ -152,6 +144,25 @@ impl Sso {
             *response.status_mut() = StatusCode::BAD_REQUEST;
         }
         self.with_csrf_cookie(response, &pending.csrf)
+    }
+
+    /// Keeps a sign-in step's record under `kind:<digest of a new id>` for
+    /// [`FACTOR_TTL`]; the id the form carries.
+    async fn keep_sign_in_step(
+        &self,
+        kind: &str,
+        step: &impl Serialize,
+    ) -> Result<String, Response> {
+        let id = random_id(24);
+        self.store
+            .put(
+                &format!("{kind}:{}", digest(&id)),
+                &serde_json::to_value(step).unwrap_or_default(),
+                FACTOR_TTL,
+            )
+            .await
+            .map_err(|e| self.directory_down(e))?;
+        Ok(id)
     }
 
     /// A sign-in step's record (read, or taken: single use) when it
@@ -216,24 +227,16 @@ impl Sso {
             Some(_) if !after_password => (Some(decoy_options(&self.config.issuer)), None),
             _ => (None, None),
         };
-        let id = random_id(24);
         let step = FactorStep {
             request: request_id.to_owned(),
             username: username.to_owned(),
             after_password,
             passkey_state,
         };
-        let stored = self
-            .store
-            .put(
-                &format!("factor:{}", digest(&id)),
-                &serde_json::to_value(&step).unwrap_or_default(),
-                FACTOR_TTL,
-            )
-            .await;
-        if let Err(e) = stored {
-            return self.directory_down(e);
-        }
+        let id = match self.keep_sign_in_step("factor", &step).await {
+            Ok(id) => id,
+            Err(page) => return page,
+        };
         let mut response = self.render(
             "factor.html",
             json!({

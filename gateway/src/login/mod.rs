@@ -232,16 +232,11 @@ impl Login {
         }
     }
 
-    /// Where an unauthenticated browser goes to sign in, coming back to
-    /// `path_and_query`.
-    pub fn login_location(&self, path_and_query: &str) -> String {
-        format!("{}?rd={}", self.settings.login_path, encode(path_and_query))
-    }
-
-    /// Where a browser signed in too weakly for a route goes: a new
-    /// sign-in asking the provider for `acr_values` (RFC 9470 step-up).
-    pub fn step_up_location(&self, path_and_query: &str, acr_values: &[String]) -> String {
-        let mut location = self.login_location(path_and_query);
+    /// Where a browser goes to sign in, coming back to `path_and_query`;
+    /// with `acr_values` (a route's `require_acr`), the provider is asked
+    /// for that level (RFC 9470 step-up).
+    pub fn login_location(&self, path_and_query: &str, acr_values: &[String]) -> String {
+        let mut location = format!("{}?rd={}", self.settings.login_path, encode(path_and_query));
         if !acr_values.is_empty() {
             location.push_str("&acr_values=");
             location.push_str(&encode(&acr_values.join(" ")));

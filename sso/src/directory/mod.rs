@@ -482,41 +482,28 @@ impl Directory for SqlDirectory {
         let set =
             |column: &str| format!("UPDATE users SET {column} = $1, updated_at = $2 WHERE id = $3");
         let now = now();
-        if let Some(email) = change.email {
-            sqlx::query(&set("email"))
-                .bind(email)
+        let texts = [
+            ("email", change.email),
+            ("name", change.name),
+            ("password_hash", change.password_hash.map(Some)),
+        ];
+        for (column, value) in texts {
+            let Some(value) = value else { continue };
+            sqlx::query(&set(column))
+                .bind(value)
                 .bind(now)
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some(name) = change.name {
-            sqlx::query(&set("name"))
-                .bind(name)
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(disabled) = change.disabled {
-            sqlx::query(&set("disabled"))
-                .bind(i64::from(disabled))
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(required) = change.password_change_required {
-            sqlx::query(&set("password_change_required"))
-                .bind(i64::from(required))
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(hash) = change.password_hash {
-            sqlx::query(&set("password_hash"))
-                .bind(hash)
+        let flags = [
+            ("disabled", change.disabled),
+            ("password_change_required", change.password_change_required),
+        ];
+        for (column, value) in flags {
+            let Some(value) = value else { continue };
+            sqlx::query(&set(column))
+                .bind(i64::from(value))
                 .bind(now)
                 .bind(&id)
                 .execute(&mut *tx)
